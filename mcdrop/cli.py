@@ -1,0 +1,172 @@
+"""The ``mcdrop`` command line: ``train``, ``predict``, ``eval`` and ``serve``.
+
+Every user error (bad flag value, missing or corrupt checkpoint, unreadable input) ends with one line on
+stderr saying what is wrong and how to fix it, and exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from typing import TextIO
+
+from mcdrop import __version__
+from mcdrop.errors import McdropError
+
+logger = logging.getLogger(__name__)
+
+# Subcommands implemented in their own modules: each has add_arguments(parser) and run(args) -> int.
+DELEGATED = {
+    "train": ("mcdrop.train", "train a model and write a checkpoint directory"),
+    "eval": ("mcdrop.evaluation", "evaluate a checkpoint: accuracy, NLL, Brier, ECE, selective prediction, OOD"),
+    "serve": ("mcdrop.app", "serve every checkpoint under a model directory over HTTP"),
+}
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer ≥ 1, with a message that names the rule."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {number}")
+    return number
+
+
+def probability(value: str) -> float:
+    """argparse type: a float in [0, 1]."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability, got {value!r}") from None
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {number}")
+    return number
+
+
+def _read_texts(stream: TextIO, source: str) -> Iterator[str]:
+    """One text per line; a line that is a JSON object takes its ``text`` field (JSONL)."""
+    for number, line in enumerate(stream, start=1):
+        line = line.rstrip("\r\n")
+        if line.lstrip().startswith("{"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise McdropError(f"{source}:{number}: invalid JSON line ({error.msg})") from error
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise McdropError(f'{source}:{number}: a JSON line needs a string field "text"')
+            yield record["text"]
+        else:
+            yield line
+
+
+def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from mcdrop.engine import load_engine, random_seed
+
+    engine = load_engine(args.checkpoint, device=args.device, max_batch_rows=args.max_batch_rows)
+    n_samples = args.n_samples or engine.default_n_samples
+    seed = random_seed() if args.seed is None else args.seed
+    if args.seed is None:
+        logger.info("no --seed given: using seed %d (pass it to reproduce this output)", seed)
+    source = "<stdin>" if args.input == "-" else args.input
+    try:
+        stream: TextIO = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+    except OSError as error:
+        raise McdropError(f"cannot read input file {source}: {error.strerror}") from error
+    try:
+        for batch in _batches(_read_texts(stream, source), args.batch_size):
+            for prediction in engine.predict(batch, n_samples=n_samples, seed=seed):
+                sys.stdout.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + "\n")
+    except UnicodeDecodeError as error:
+        raise McdropError(f"{source}: not valid UTF-8 text ({error.reason})") from error
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    return 0
+
+
+def _add_predict(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("predict", help="MC predictions for texts, one JSON object per line")
+    parser.add_argument("checkpoint", help="checkpoint directory (e.g. models/rt-mlp)")
+    parser.add_argument(
+        "--input", default="-", help="file with one text per line, or JSONL with a 'text' field; - is stdin"
+    )
+    parser.add_argument("--n-samples", type=positive_int, default=None, help="MC samples (default: the model's)")
+    parser.add_argument("--seed", type=non_negative_int, default=None, help="seed; the same seed reproduces exactly")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="texts read per engine call")
+    parser.add_argument("--max-batch-rows", type=positive_int, default=4096, help="rows (texts x samples) per pass")
+    parser.set_defaults(handler=run_predict)
+
+
+def _requested_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is neither an option nor an option's value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    requested = _requested_command(argv)
+    parser = argparse.ArgumentParser(prog="mcdrop", description="Monte Carlo dropout uncertainty for text classifiers")
+    parser.add_argument("--version", action="version", version=f"mcdrop {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command, (module_name, help_text) in DELEGATED.items():
+        sub = subparsers.add_parser(command, help=help_text, description=help_text)
+        # Import only the module of the command being run: serving's and training's imports are heavy.
+        if command == requested:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub)
+            sub.set_defaults(handler=module.run)
+    _add_predict(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        status: int = args.handler(args)
+    except McdropError as error:
+        print(f"mcdrop {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return status

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny, randomly initialised but complete checkpoints, made in a temporary directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mcdrop.checkpoint import save_checkpoint
+from mcdrop.models import build_model
+from mcdrop.text import TextEncoder
+
+TINY_CORPUS = [
+    "a wonderful moving film with great acting",
+    "a dull boring mess with terrible acting",
+    "great fun and a wonderful story",
+    "terrible plot and a boring script",
+    "the best film of the year",
+    "the worst film of the year",
+]
+
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "mlp": {"embed_dim": 16, "hidden_dims": [16], "dropout_p": [0.3, 0.3]},
+    "gru": {"embed_dim": 8, "hidden_dim": 8, "input_dropout_p": 0.2, "output_dropout_p": 0.3, "max_len": 32},
+}
+
+MakeCheckpoint = Callable[..., Path]
+
+
+def write_tiny_checkpoint(
+    directory: Path,
+    architecture: str = "mlp",
+    name: str = "tiny-mlp",
+    labels: Sequence[str] = ("negative", "positive"),
+    seed: int = 0,
+    **model_params: Any,
+) -> Path:
+    """Write a small checkpoint to ``directory / name`` and return its path."""
+    torch.manual_seed(seed)
+    params = {**DEFAULT_PARAMS[architecture], **model_params}
+    encoder = TextEncoder.fit(
+        TINY_CORPUS, max_size=200, ngram_max=2 if architecture == "mlp" else 1, max_tokens=params.get("max_len", 32)
+    )
+    model = build_model(architecture, len(encoder.vocab), len(labels), params)
+    config = {
+        "name": name,
+        "version": "test-1",
+        "labels": list(labels),
+        "model_params": params,
+        "default_n_samples": 20,
+        "uncertainty_baseline": {
+            "mean_entropy": 0.5,
+            "mean_mutual_information": 0.01,
+            "mutual_information_threshold": 0.05,
+            "high_mi_share": 0.05,
+        },
+    }
+    return save_checkpoint(directory / name, model, encoder, config)
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path: Path) -> MakeCheckpoint:
+    """Factory: ``make_checkpoint(architecture="mlp"|"gru", name=..., labels=..., **model_params) -> Path``."""
+
+    def make(architecture: str = "mlp", name: str | None = None, **kwargs: Any) -> Path:
+        return write_tiny_checkpoint(tmp_path / "models", architecture, name or f"tiny-{architecture}", **kwargs)
+
+    return make
