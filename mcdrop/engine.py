@@ -69,6 +69,12 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _round(values: list[float]) -> list[float]:
+    """Round to 7 significant digits: the model computes in float32, and digits past that are rounding noise
+    that would otherwise make a text's answer depend on the batch size BLAS saw."""
+    return [float(f"{v:.7g}") for v in values]
+
+
 def random_seed() -> int:
     return secrets.randbelow(2**31)
 
@@ -196,10 +202,12 @@ class MCEngine:
         stats = summarize(probs)
         labels = self.labels
         # One bulk conversion to Python floats: per-element tensor access costs more than the maths.
-        mean, var, err = stats.mean.tolist(), stats.variance.tolist(), stats.std_error.tolist()
+        mean, var, err = ([_round(row) for row in t.tolist()] for t in (stats.mean, stats.variance, stats.std_error))
         top = stats.mean.argmax(dim=-1).tolist()
-        ent, exp_ent = stats.entropy.tolist(), stats.expected_entropy.tolist()
-        mi, vr = stats.mutual_information.tolist(), stats.variation_ratio.tolist()
+        ent, exp_ent, mi, vr = (
+            _round(t.tolist())
+            for t in (stats.entropy, stats.expected_entropy, stats.mutual_information, stats.variation_ratio)
+        )
         return [
             Prediction(
                 label=labels[top[j]],

@@ -69,3 +69,23 @@ def make_checkpoint(tmp_path: Path) -> MakeCheckpoint:
         return write_tiny_checkpoint(tmp_path / "models", architecture, name or f"tiny-{architecture}", **kwargs)
 
     return make
+
+
+def assert_predictions_close(
+    actual: Sequence[Any], expected: Sequence[Any], rel: float = 1e-4, abs_: float = 1e-6
+) -> None:
+    """Predictions (``Prediction`` objects or their JSON dicts) equal up to float32 rounding.
+
+    The same masks are used whatever the batch, but BLAS may round differently for other batch shapes, so
+    numbers agree to float32 precision rather than bit for bit.
+    """
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected, strict=True):
+        a_dict = a if isinstance(a, dict) else a.to_dict()
+        e_dict = e if isinstance(e, dict) else e.to_dict()
+        assert a_dict.keys() == e_dict.keys()
+        for key, value in e_dict.items():
+            if isinstance(value, float | dict):
+                assert a_dict[key] == pytest.approx(value, rel=rel, abs=abs_), key
+            else:
+                assert a_dict[key] == value, key
