@@ -40,5 +40,8 @@ bench: install
 bench-server: install
 	$(BIN)/python benchmarks/bench_server.py
 
+deploy-check: install
+	VENV=$(VENV) bash .ci/deploy-checks.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
