@@ -20,7 +20,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,7 +55,20 @@ class Prediction:
     n_known_tokens: int
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Built by hand: dataclasses.asdict deep-copies every field, which shows on the serving hot path.
+        return {
+            "label": self.label,
+            "probs": self.probs,
+            "variance": self.variance,
+            "entropy": self.entropy,
+            "expected_entropy": self.expected_entropy,
+            "mutual_information": self.mutual_information,
+            "variation_ratio": self.variation_ratio,
+            "std_error": self.std_error,
+            "oov_fraction": self.oov_fraction,
+            "n_tokens": self.n_tokens,
+            "n_known_tokens": self.n_known_tokens,
+        }
 
 
 def resolve_device(device: str) -> torch.device:

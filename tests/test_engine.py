@@ -105,3 +105,10 @@ def test_cuda_matches_cpu(make_checkpoint: MakeCheckpoint) -> None:
     cpu = load_engine(path, device="cpu").predict_samples(TEXTS, 20, 1)
     gpu = load_engine(path, device="cuda").predict_samples(TEXTS, 20, 1)
     assert torch.allclose(cpu, gpu, atol=1e-4)
+
+
+def test_to_dict_has_every_field(engine: MCEngine) -> None:
+    from dataclasses import asdict
+
+    prediction = engine.predict(["a film"], n_samples=3, seed=0)[0]
+    assert prediction.to_dict() == asdict(prediction)

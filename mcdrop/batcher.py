@@ -1,0 +1,302 @@
+"""Batching across concurrent requests: one bounded queue and one worker task per model.
+
+Requests are queued with their own texts, sample count and seed. The worker takes the oldest live request, then
+every other queued request with the same ``n_samples`` (FIFO) until the merged batch reaches ``max_batch_rows``
+rows (texts x samples), waiting at most ``max_wait_ms`` after the first one arrived for more to join. The batch is
+one ``engine.predict_many`` call, run on an executor thread (never on the event loop); each request gets its own
+slice. The engine derives every request's dropout masks from its own seed alone, so a seeded request gets the
+same answer merged or alone. Requests without a seed share one seed drawn for their batch: each answer is
+reproducible from the seed it reports, and the batch pays for one set of masks instead of one per request.
+Under load no waiting is needed: requests that arrive while the engine is busy form the next batch.
+
+Overload and deadlines: ``submit`` refuses at once (:class:`Overloaded`) when the queued texts would exceed
+``queue_limit``, before anything starts. A request whose future is cancelled or whose deadline has passed is
+skipped by the worker, so a client that gave up costs nothing more; one already in the engine finishes and its
+answer is dropped.
+
+    batcher = Batcher(engine, executor, BatchPolicy(max_batch_rows=32768, max_wait_ms=2, queue_limit=1024))
+    batcher.start()                                   # inside the running event loop
+    result = await batcher.predict(["good film"], n_samples=100, seed=7, timeout_s=30)
+    await batcher.close()                             # finishes what is queued, then stops the worker
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mcdrop.metrics import ModelMetrics
+
+logger = logging.getLogger(__name__)
+
+PredictionDict = dict[str, Any]
+
+
+class PredictionLike(Protocol):
+    @property
+    def entropy(self) -> float: ...
+    @property
+    def mutual_information(self) -> float: ...
+
+    def to_dict(self) -> PredictionDict: ...
+
+
+class EngineLike(Protocol):
+    """What the batcher needs from :class:`mcdrop.engine.MCEngine`."""
+
+    @property
+    def name(self) -> str: ...
+
+    def predict_many(
+        self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int
+    ) -> Sequence[Sequence[PredictionLike]]: ...
+
+
+class Overloaded(Exception):
+    """The queue is full; nothing was started. Answer 503 with Retry-After."""
+
+
+class ShuttingDown(Exception):
+    """The service is stopping and takes no new work. Answer 503."""
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_rows: int = 32768
+    max_wait_ms: float = 2.0
+    queue_limit: int = 1024
+    batching: bool = True
+
+
+@dataclass(frozen=True)
+class Result:
+    """One request's predictions (JSON-ready dicts, in input order) and where its time went."""
+
+    predictions: list[PredictionDict]
+    seed: int  # the seed the request's masks came from (drawn for the batch when the request gave none)
+    queue_s: float  # enqueued -> its batch started
+    engine_s: float  # the whole batch's engine call (shared with the requests merged into it)
+    batch_texts: int
+    batch_requests: int
+
+
+@dataclass(eq=False)
+class Ticket:
+    """A queued request. ``future`` resolves to a :class:`Result` (or the engine's exception)."""
+
+    texts: Sequence[str]
+    n_samples: int
+    seed: int | None  # None: use the seed drawn for its batch
+    deadline: float  # loop.time() after which it is not started
+    future: asyncio.Future[Result]
+    enqueued: float = field(default_factory=time.perf_counter)
+    released: bool = False  # its texts no longer count against the queue limit
+
+    @property
+    def rows(self) -> int:
+        return len(self.texts) * self.n_samples
+
+
+class Batcher:
+    """Queue, merge and run prediction requests for one engine."""
+
+    def __init__(
+        self,
+        engine: EngineLike,
+        executor: Executor,
+        policy: BatchPolicy,
+        metrics: ModelMetrics | None = None,
+    ) -> None:
+        self.engine = engine
+        self.executor = executor
+        self.policy = policy
+        self.metrics = metrics
+        self._pending: deque[Ticket] = deque()
+        self._pending_texts = 0
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._worker: asyncio.Task[None] | None = None
+        self._seeds = random.Random()  # seeds must be reproducible, not secret: no system call per batch
+
+    @property
+    def queued_texts(self) -> int:
+        return self._pending_texts
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.engine.name}")
+            self._worker.add_done_callback(self._worker_done)
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("batch worker of %s stopped", self.engine.name, exc_info=task.exception())
+
+    def submit(self, texts: Sequence[str], n_samples: int, seed: int | None, timeout_s: float) -> Ticket:
+        """Queue a request; raises :class:`Overloaded` (nothing queued) or :class:`ShuttingDown`."""
+        if self._closing:
+            raise ShuttingDown(f"model {self.engine.name} is shutting down")
+        n_texts = len(texts)
+        if self._pending_texts + n_texts > self.policy.queue_limit:
+            raise Overloaded(
+                f"model {self.engine.name} is overloaded: {self._pending_texts} texts queued "
+                f"(limit {self.policy.queue_limit}); retry later"
+            )
+        loop = asyncio.get_running_loop()
+        ticket = Ticket(texts, n_samples, seed, loop.time() + timeout_s, loop.create_future())
+        self._pending.append(ticket)
+        self._pending_texts += n_texts
+        self._set_depth()
+        self._wakeup.set()
+        return ticket
+
+    def abandon(self, ticket: Ticket) -> None:
+        """The caller gave up (deadline, disconnect): cancel it so the worker skips it if not yet started."""
+        ticket.future.cancel()
+        self._release(ticket)
+
+    async def predict(self, texts: Sequence[str], n_samples: int, seed: int | None, timeout_s: float) -> Result:
+        """Submit and wait; raises :class:`TimeoutError` past ``timeout_s`` (the request is then dropped)."""
+        ticket = self.submit(texts, n_samples, seed, timeout_s)
+        try:
+            return await asyncio.wait_for(ticket.future, timeout_s)
+        finally:
+            if ticket.future.cancelled() or not ticket.future.done():
+                self.abandon(ticket)  # timed out or cancelled: its texts stop counting against the queue now
+
+    async def close(self) -> None:
+        """Refuse new work, finish everything queued, then stop the worker."""
+        self._closing = True
+        self._wakeup.set()
+        if self._worker is not None:
+            await self._worker
+            self._worker = None
+
+    # -- worker -------------------------------------------------------------------------------------------------
+
+    def _release(self, ticket: Ticket) -> None:
+        if not ticket.released:
+            ticket.released = True
+            self._pending_texts -= len(ticket.texts)
+            self._set_depth()
+
+    def _set_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self._pending_texts)
+
+    def _live_head(self, now: float) -> Ticket | None:
+        """Drop abandoned or expired requests from the front; return the oldest live one."""
+        pending = self._pending
+        while pending:
+            head = pending[0]
+            if head.future.done() or now >= head.deadline:
+                pending.popleft()
+                self._release(head)
+                continue
+            return head
+        return None
+
+    def _rows_waiting(self, n_samples: int) -> int:
+        return sum(t.rows for t in self._pending if t.n_samples == n_samples and not t.future.done())
+
+    def _take(self, first: Ticket, now: float) -> list[Ticket]:
+        """Remove and return ``first`` plus the queued live requests with its ``n_samples`` that fit in a batch."""
+        if not self.policy.batching:
+            self._pending.popleft()
+            self._release(first)
+            return [first]
+        batch: list[Ticket] = []
+        keep: deque[Ticket] = deque()
+        rows = 0
+        full = False
+        for ticket in self._pending:
+            if ticket.future.done() or now >= ticket.deadline:
+                self._release(ticket)
+            elif full or ticket.n_samples != first.n_samples:
+                keep.append(ticket)
+            elif not batch or rows + ticket.rows <= self.policy.max_batch_rows:
+                batch.append(ticket)
+                rows += ticket.rows
+                self._release(ticket)
+            else:
+                full = True  # keep FIFO order among equal n_samples: later ones wait for the next batch
+                keep.append(ticket)
+        self._pending = keep
+        return batch
+
+    async def _next_batch(self) -> list[Ticket] | None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = self._live_head(loop.time())
+            if first is not None:
+                break
+            if self._closing:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        if self.policy.batching and self.policy.max_wait_ms > 0:
+            # the window opens when the first request arrived: one that already waited for a busy engine runs now
+            until = loop.time() + self.policy.max_wait_ms / 1000 - (time.perf_counter() - first.enqueued)
+            while not self._closing and self._rows_waiting(first.n_samples) < self.policy.max_batch_rows:
+                remaining = until - loop.time()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            if first.future.done():  # abandoned while waiting: start over
+                return await self._next_batch()
+        return self._take(first, loop.time())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if batch is None:
+                return
+            n_samples = batch[0].n_samples
+            started = time.perf_counter()
+            batch_seed = self._seeds.getrandbits(31)
+            seeds = [batch_seed if t.seed is None else t.seed for t in batch]
+            requests = [(t.texts, seed) for t, seed in zip(batch, seeds, strict=True)]
+            try:
+                outputs, engine_s = await loop.run_in_executor(self.executor, self._infer, requests, n_samples)
+            except Exception as error:  # the engine failed: every request in the batch gets the error
+                for ticket in batch:
+                    if not ticket.future.done():
+                        ticket.future.set_exception(error)
+                continue
+            n_texts = sum(len(t.texts) for t in batch)
+            for ticket, seed, predictions in zip(batch, seeds, outputs, strict=True):
+                if not ticket.future.done():
+                    ticket.future.set_result(
+                        Result(predictions, seed, started - ticket.enqueued, engine_s, n_texts, len(batch))
+                    )
+
+    def _infer(
+        self, requests: list[tuple[Sequence[str], int]], n_samples: int
+    ) -> tuple[list[list[PredictionDict]], float]:
+        """Executor thread: one engine call, then the JSON-ready dicts and the metrics."""
+        start = time.perf_counter()
+        results = self.engine.predict_many(requests, n_samples)
+        engine_s = time.perf_counter() - start
+        for predictions in results:
+            for p in predictions:  # NaN would propagate into both; refuse to serve it (the caller answers 500)
+                if not (math.isfinite(p.entropy) and math.isfinite(p.mutual_information)):
+                    raise FloatingPointError(f"model {self.engine.name} produced a non-finite prediction")
+        outputs = [[p.to_dict() for p in predictions] for predictions in results]
+        if self.metrics is not None:
+            n_texts = sum(len(texts) for texts, _ in requests)
+            self.metrics.observe_batch(n_texts, n_samples, engine_s)
+            flat = [p for predictions in results for p in predictions]
+            self.metrics.observe_predictions((p.entropy for p in flat), (p.mutual_information for p in flat))
+        return outputs, engine_s

@@ -1,0 +1,213 @@
+"""Prometheus metrics of the service, registered on an injected ``CollectorRegistry``.
+
+Label values are bounded: ``endpoint`` is a route template (or ``unmatched``), ``status`` a class (``2xx``..``5xx``),
+``method`` one of the HTTP methods (else ``other``), and ``model`` one of the loaded models: ``Metrics`` only
+creates model label values in ``add_model``, so a request naming an unknown model never creates one. Rejections
+that happen before any model is known (``not_ready``) carry ``model=""``.
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)            # also registers the process/platform/gc collectors
+    metrics.add_model("rt-mlp", version="1", architecture="mlp", dropout_placement="after_input", baseline={})
+    body = generate_latest(registry)       # what GET /metrics serves
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+__all__ = ["BASELINE_STATISTICS", "REJECT_REASONS", "Metrics", "ModelMetrics"]
+
+BASELINE_STATISTICS = ("mean_entropy", "mean_mutual_information", "mutual_information_threshold", "high_mi_share")
+REJECT_REASONS = ("overloaded", "timeout", "not_ready")
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+_ENTROPY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.8, 1.0, 1.5, 2.0, 3.0)
+_MI_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+
+
+def method_label(method: str) -> str:
+    return method if method in _METHODS else "other"
+
+
+def status_class(status: int) -> str:
+    index = status // 100 - 1
+    return _STATUS_CLASSES[index] if 0 <= index < len(_STATUS_CLASSES) else "5xx"
+
+
+@dataclass
+class ModelMetrics:
+    """The children of the per-model metrics for one model, resolved once (label lookups are not free)."""
+
+    name: str
+    inference_seconds: Histogram
+    batch_size: Histogram
+    mc_samples: Counter
+    queue_depth: Gauge
+    entropy: Histogram
+    mutual_information: Histogram
+    predictions: Counter
+    high_uncertainty: Counter
+    rejected: dict[str, Counter]
+    mi_threshold: float | None
+
+    def observe_batch(self, n_texts: int, n_samples: int, seconds: float) -> None:
+        self.inference_seconds.observe(seconds)
+        self.batch_size.observe(n_texts)
+        self.mc_samples.inc(n_texts * n_samples)
+
+    def observe_predictions(self, entropies: Iterable[float], mutual_informations: Iterable[float]) -> None:
+        n = 0
+        for value in entropies:
+            self.entropy.observe(value)
+            n += 1
+        threshold = self.mi_threshold
+        high = 0
+        for value in mutual_informations:
+            self.mutual_information.observe(value)
+            if threshold is not None and value > threshold:
+                high += 1
+        self.predictions.inc(n)
+        if high:
+            self.high_uncertainty.inc(high)
+
+
+class Metrics:
+    """Every metric the service exports, on one registry."""
+
+    def __init__(self, registry: CollectorRegistry, *, process_collectors: bool = True) -> None:
+        self.registry = registry
+        if process_collectors:
+            # fresh instances: the module-level ones belong to prometheus_client's global registry
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        self.requests = Counter(
+            "mcdrop_requests_total",
+            "HTTP requests answered, by route template, method and status class.",
+            ("endpoint", "method", "status"),
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "mcdrop_request_duration_seconds",
+            "Time from receiving a request to sending its response headers.",
+            ("endpoint", "method"),
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inference_seconds = Histogram(
+            "mcdrop_inference_duration_seconds",
+            "Engine time per batch (encode, MC passes, summary).",
+            ("model",),
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "mcdrop_batch_size", "Texts per engine batch.", ("model",), buckets=_BATCH_BUCKETS, registry=registry
+        )
+        self.mc_samples = Counter(
+            "mcdrop_mc_samples_total", "Monte Carlo samples computed (texts x samples).", ("model",), registry=registry
+        )
+        self.queue_depth = Gauge("mcdrop_queue_depth", "Texts waiting for the engine.", ("model",), registry=registry)
+        self.entropy = Histogram(
+            "mcdrop_predictive_entropy",
+            "Predictive entropy of served predictions (nats).",
+            ("model",),
+            buckets=_ENTROPY_BUCKETS,
+            registry=registry,
+        )
+        self.mutual_information = Histogram(
+            "mcdrop_mutual_information",
+            "Mutual information of served predictions (nats).",
+            ("model",),
+            buckets=_MI_BUCKETS,
+            registry=registry,
+        )
+        self.predictions = Counter("mcdrop_predictions_total", "Texts predicted.", ("model",), registry=registry)
+        self.high_uncertainty = Counter(
+            "mcdrop_high_uncertainty_total",
+            "Predictions whose mutual information exceeds the checkpoint's baseline threshold.",
+            ("model",),
+            registry=registry,
+        )
+        self.baseline = Gauge(
+            "mcdrop_uncertainty_baseline",
+            "Uncertainty statistics measured when the checkpoint was trained.",
+            ("model", "statistic"),
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "mcdrop_rejected_requests_total",
+            "Prediction requests refused: overloaded (queue full), timeout (deadline passed), not_ready.",
+            ("model", "reason"),
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "mcdrop_model_info",
+            "Loaded models (value 1).",
+            ("model", "version", "architecture", "dropout_placement"),
+            registry=registry,
+        )
+        self.ready = Gauge("mcdrop_ready", "1 once every model is loaded and warmed up, else 0.", registry=registry)
+        self._models: dict[str, ModelMetrics] = {}
+        self._request_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+    def add_model(
+        self,
+        name: str,
+        *,
+        version: str,
+        architecture: str,
+        dropout_placement: str,
+        baseline: Mapping[str, object],
+    ) -> ModelMetrics:
+        """Create the label values for a loaded model; the only place a ``model`` label value is created."""
+        self.model_info.labels(name, version, architecture, dropout_placement).set(1)
+        for statistic in BASELINE_STATISTICS:
+            value = baseline.get(statistic)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                self.baseline.labels(name, statistic).set(float(value))
+        threshold = baseline.get("mutual_information_threshold")
+        model = ModelMetrics(
+            name=name,
+            inference_seconds=self.inference_seconds.labels(name),
+            batch_size=self.batch_size.labels(name),
+            mc_samples=self.mc_samples.labels(name),
+            queue_depth=self.queue_depth.labels(name),
+            entropy=self.entropy.labels(name),
+            mutual_information=self.mutual_information.labels(name),
+            predictions=self.predictions.labels(name),
+            high_uncertainty=self.high_uncertainty.labels(name),
+            rejected={reason: self.rejected.labels(name, reason) for reason in REJECT_REASONS},
+            mi_threshold=float(threshold) if isinstance(threshold, int | float) else None,
+        )
+        self._models[name] = model
+        return model
+
+    def model(self, name: str) -> ModelMetrics | None:
+        return self._models.get(name)
+
+    def reject(self, model: str | None, reason: str) -> None:
+        """Count a refused request; ``model`` must be a loaded model's name (anything else is counted as "")."""
+        found = self._models.get(model) if model is not None else None
+        if found is not None:
+            found.rejected[reason].inc()
+        else:
+            self.rejected.labels("", reason).inc()
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        key = (endpoint, method_label(method), status_class(status))
+        children = self._request_children.get(key)
+        if children is None:  # endpoint is a route template: the keys form a small bounded set
+            children = (self.requests.labels(*key), self.request_seconds.labels(key[0], key[1]))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)

@@ -1,0 +1,324 @@
+"""Batcher: merging by n_samples up to max_batch_rows, queue limit, deadlines, cancellation, drain on close."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from conftest import MakeCheckpoint, assert_predictions_close
+from mcdrop.batcher import Batcher, BatchPolicy, Overloaded, ShuttingDown
+from mcdrop.engine import Prediction, load_engine
+from mcdrop.metrics import Metrics
+
+
+def _prediction(text: str, seed: int) -> Prediction:
+    value = float(len(text) + seed)
+    return Prediction(
+        label=text,
+        probs={"a": 0.5, "b": 0.5},
+        variance={"a": 0.0, "b": 0.0},
+        entropy=value,
+        expected_entropy=0.0,
+        mutual_information=0.1,
+        variation_ratio=0.0,
+        std_error={"a": 0.0, "b": 0.0},
+        oov_fraction=0.0,
+        n_tokens=1,
+        n_known_tokens=1,
+    )
+
+
+class FakeEngine:
+    """Records each engine call; ``gate`` (when given) holds every call until it is set."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.calls: list[tuple[list[tuple[list[str], int]], int]] = []
+        self.gate = gate
+        self.entered = threading.Event()
+
+    @property
+    def name(self) -> str:
+        return "fake"
+
+    def predict_many(self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int) -> list[list[Prediction]]:
+        self.calls.append(([(list(texts), seed) for texts, seed in requests], n_samples))
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        return [[_prediction(text, seed) for text in texts] for texts, seed in requests]
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(max_workers=1)
+    yield pool
+    pool.shutdown(wait=True)
+
+
+async def _wait_until_engine_busy(engine: FakeEngine) -> None:
+    for _ in range(500):
+        if engine.entered.is_set():
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError("the engine was never called")
+
+
+def test_concurrent_requests_with_equal_n_samples_share_one_engine_call(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    engine = FakeEngine(gate)
+
+    async def main() -> None:
+        batcher = Batcher(engine, executor, BatchPolicy(max_batch_rows=1000, max_wait_ms=0))
+        batcher.start()
+        blocker = asyncio.ensure_future(batcher.predict(["first"], 10, 0, 10))
+        await _wait_until_engine_busy(engine)
+        # queued while the engine is busy: three with n=10 merge, the n=20 one runs on its own
+        tasks = [
+            asyncio.ensure_future(batcher.predict(["a", "bb"], 10, 1, 10)),
+            asyncio.ensure_future(batcher.predict(["ccc"], 20, 2, 10)),
+            asyncio.ensure_future(batcher.predict(["dddd"], 10, 3, 10)),
+            asyncio.ensure_future(batcher.predict(["e"], 10, 4, 10)),
+        ]
+        await asyncio.sleep(0.01)
+        gate.set()
+        await blocker
+        results = await asyncio.gather(*tasks)
+        assert [p["label"] for p in results[0].predictions] == ["a", "bb"]
+        assert [p["entropy"] for p in results[0].predictions] == [2.0, 3.0]  # own texts and own seed
+        assert [p["label"] for p in results[2].predictions] == ["dddd"]
+        assert results[0].batch_requests == 3 and results[0].batch_texts == 4
+        assert results[1].batch_requests == 1
+        await batcher.close()
+
+    asyncio.run(main())
+    assert [(len(reqs), n) for reqs, n in engine.calls] == [(1, 10), (3, 10), (1, 20)]
+    assert engine.calls[1][0] == [(["a", "bb"], 1), (["dddd"], 3), (["e"], 4)]
+
+
+def test_merged_batch_stops_at_max_batch_rows(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    engine = FakeEngine(gate)
+
+    async def main() -> None:
+        batcher = Batcher(engine, executor, BatchPolicy(max_batch_rows=30, max_wait_ms=0))
+        batcher.start()
+        blocker = asyncio.ensure_future(batcher.predict(["x"], 10, 0, 10))
+        await _wait_until_engine_busy(engine)
+        tasks = [asyncio.ensure_future(batcher.predict(["t"] * 2, 10, i, 10)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(blocker, *tasks)
+        await batcher.close()
+
+    asyncio.run(main())
+    # 20 rows fit in 30; the next request (20 more) waits for the following batch
+    assert [len(reqs) for reqs, _ in engine.calls] == [1, 1, 1, 1]
+
+
+def test_without_batching_each_request_is_one_engine_call(executor: ThreadPoolExecutor) -> None:
+    engine = FakeEngine()
+
+    async def main() -> None:
+        batcher = Batcher(engine, executor, BatchPolicy(batching=False))
+        batcher.start()
+        await asyncio.gather(*(batcher.predict(["t"], 5, i, 10) for i in range(5)))
+        await batcher.close()
+
+    asyncio.run(main())
+    assert len(engine.calls) == 5 and all(len(reqs) == 1 for reqs, _ in engine.calls)
+
+
+def test_max_wait_collects_requests_arriving_within_the_window(executor: ThreadPoolExecutor) -> None:
+    engine = FakeEngine()
+
+    async def main() -> None:
+        batcher = Batcher(engine, executor, BatchPolicy(max_wait_ms=200))
+        batcher.start()
+        first = asyncio.ensure_future(batcher.predict(["a"], 5, 0, 10))
+        await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(batcher.predict(["b"], 5, 1, 10))
+        await asyncio.gather(first, second)
+        await batcher.close()
+
+    asyncio.run(main())
+    assert len(engine.calls) == 1 and len(engine.calls[0][0]) == 2
+
+
+def test_full_queue_refuses_without_starting_anything(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    engine = FakeEngine(gate)
+    metrics = Metrics(CollectorRegistry(), process_collectors=False)
+    model_metrics = metrics.add_model("fake", version="1", architecture="mlp", dropout_placement="x", baseline={})
+
+    async def main() -> None:
+        batcher = Batcher(engine, executor, BatchPolicy(queue_limit=4, max_wait_ms=0), model_metrics)
+        batcher.start()
+        blocker = asyncio.ensure_future(batcher.predict(["x"], 5, 0, 10))
+        await _wait_until_engine_busy(engine)
+        queued = asyncio.ensure_future(batcher.predict(["a", "b", "c"], 5, 1, 10))
+        await asyncio.sleep(0)
+        assert batcher.queued_texts == 3
+        assert metrics.registry.get_sample_value("mcdrop_queue_depth", {"model": "fake"}) == 3
+        with pytest.raises(Overloaded, match=r"3 texts queued \(limit 4\)"):
+            batcher.submit(["d", "e"], 5, 2, 10)
+        batcher.submit(["d"], 5, 3, 10)  # exactly at the limit is fine
+        gate.set()
+        await asyncio.gather(blocker, queued)
+        await batcher.close()
+
+    asyncio.run(main())
+    assert all(texts != ["d", "e"] for reqs, _ in engine.calls for texts, _ in reqs)
+
+
+def test_abandoned_and_expired_requests_are_skipped(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    engine = FakeEngine(gate)
+
+    async def main() -> None:
+        batcher = Batcher(engine, executor, BatchPolicy(max_wait_ms=0))
+        batcher.start()
+        blocker = asyncio.ensure_future(batcher.predict(["x"], 5, 0, 10))
+        await _wait_until_engine_busy(engine)
+        gone = batcher.submit(["client went away"], 5, 1, 10)
+        with pytest.raises(TimeoutError):
+            await batcher.predict(["too late"], 5, 2, 0.01)
+        assert batcher.queued_texts == 1  # the expired request no longer counts against the queue limit
+        kept = asyncio.ensure_future(batcher.predict(["kept"], 5, 3, 10))
+        await asyncio.sleep(0)
+        batcher.abandon(gone)
+        assert batcher.queued_texts == 1
+        gate.set()
+        await asyncio.gather(blocker, kept)
+        await batcher.close()
+
+    asyncio.run(main())
+    seen = [text for reqs, _ in engine.calls for texts, _ in reqs for text in texts]
+    assert seen == ["x", "kept"]
+
+
+def test_close_finishes_queued_work_and_refuses_new(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    engine = FakeEngine(gate)
+
+    async def main() -> None:
+        batcher = Batcher(engine, executor, BatchPolicy(max_wait_ms=0, max_batch_rows=5))
+        batcher.start()
+        tasks = [asyncio.ensure_future(batcher.predict([str(i)], 5, i, 10)) for i in range(4)]
+        await _wait_until_engine_busy(engine)
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0.01)
+        with pytest.raises(ShuttingDown):
+            batcher.submit(["late"], 5, 9, 10)
+        gate.set()
+        await closing
+        results = await asyncio.gather(*tasks)
+        assert [r.predictions[0]["label"] for r in results] == ["0", "1", "2", "3"]
+
+    asyncio.run(main())
+
+
+def test_engine_error_reaches_every_request_of_the_batch(executor: ThreadPoolExecutor) -> None:
+    class Broken(FakeEngine):
+        def predict_many(self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int) -> list[list[Prediction]]:
+            raise MemoryError("out of memory")
+
+    async def main() -> None:
+        batcher = Batcher(Broken(), executor, BatchPolicy())
+        batcher.start()
+        with pytest.raises(MemoryError):
+            await batcher.predict(["a"], 5, 0, 10)
+        # the worker survives
+        with pytest.raises(MemoryError):
+            await batcher.predict(["b"], 5, 0, 10)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_batch_metrics_are_recorded(executor: ThreadPoolExecutor) -> None:
+    metrics = Metrics(CollectorRegistry(), process_collectors=False)
+    baseline = {"mutual_information_threshold": 0.05}
+    model_metrics = metrics.add_model("fake", version="1", architecture="mlp", dropout_placement="x", baseline=baseline)
+
+    async def main() -> None:
+        batcher = Batcher(FakeEngine(), executor, BatchPolicy(), model_metrics)
+        batcher.start()
+        await batcher.predict(["a", "b", "c"], 7, 0, 10)
+        await batcher.close()
+
+    asyncio.run(main())
+    value = metrics.registry.get_sample_value
+    assert value("mcdrop_batch_size_count", {"model": "fake"}) == 1
+    assert value("mcdrop_batch_size_sum", {"model": "fake"}) == 3
+    assert value("mcdrop_mc_samples_total", {"model": "fake"}) == 21
+    assert value("mcdrop_predictions_total", {"model": "fake"}) == 3
+    assert value("mcdrop_high_uncertainty_total", {"model": "fake"}) == 3  # MI 0.1 > 0.05
+    assert value("mcdrop_inference_duration_seconds_count", {"model": "fake"}) == 1
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "gru"])
+def test_real_engine_answers_do_not_depend_on_batch_partners(
+    make_checkpoint: MakeCheckpoint, executor: ThreadPoolExecutor, architecture: str
+) -> None:
+    path: Path = make_checkpoint(architecture)
+    engine = load_engine(str(path), device="cpu")
+    requests = [(["a wonderful film", "boring"], 11), (["the worst plot"], 12), ([""], 13), (["great fun"], 11)]
+    alone = [engine.predict(texts, n_samples=16, seed=seed) for texts, seed in requests]
+
+    async def main() -> list[list[dict[str, object]]]:
+        batcher = Batcher(engine, executor, BatchPolicy(max_wait_ms=50))
+        batcher.start()
+        results = await asyncio.gather(*(batcher.predict(t, 16, s, 10) for t, s in requests))
+        await batcher.close()
+        assert results[0].batch_requests == len(requests)
+        return [r.predictions for r in results]
+
+    merged = asyncio.run(main())
+    for got, expected in zip(merged, alone, strict=True):
+        assert_predictions_close(got, expected)
+
+
+def test_non_finite_predictions_are_refused(executor: ThreadPoolExecutor) -> None:
+    class Broken(FakeEngine):
+        def predict_many(self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int) -> list[list[Prediction]]:
+            [[prediction]] = super().predict_many(requests, n_samples)
+            return [[dataclasses.replace(prediction, entropy=math.nan)]]
+
+    async def main() -> None:
+        batcher = Batcher(Broken(), executor, BatchPolicy())
+        batcher.start()
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            await batcher.predict(["a"], 5, 0, 10)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_unseeded_requests_share_the_batch_seed_and_reproduce_alone(
+    make_checkpoint: MakeCheckpoint, executor: ThreadPoolExecutor
+) -> None:
+    engine = load_engine(str(make_checkpoint("mlp")), device="cpu")
+    requests: list[tuple[list[str], int | None]] = [(["a wonderful film"], None), (["boring"], None), (["fun"], 5)]
+
+    async def main() -> list[Any]:
+        batcher = Batcher(engine, executor, BatchPolicy(max_wait_ms=50))
+        batcher.start()
+        results = await asyncio.gather(*(batcher.predict(t, 12, s, 10) for t, s in requests))
+        await batcher.close()
+        return list(results)
+
+    first, second, seeded = asyncio.run(main())
+    assert first.batch_requests == 3
+    assert first.seed == second.seed  # one set of masks for every unseeded request of the batch
+    assert seeded.seed == 5
+    for result, (texts, _) in zip((first, second, seeded), requests, strict=True):
+        assert_predictions_close(result.predictions, engine.predict(texts, n_samples=12, seed=result.seed))
