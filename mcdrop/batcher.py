@@ -45,6 +45,8 @@ class PredictionLike(Protocol):
     def entropy(self) -> float: ...
     @property
     def mutual_information(self) -> float: ...
+    @property
+    def oov_fraction(self) -> float: ...
 
     def to_dict(self) -> PredictionDict: ...
 
@@ -298,5 +300,7 @@ class Batcher:
             n_texts = sum(len(texts) for texts, _ in requests)
             self.metrics.observe_batch(n_texts, n_samples, engine_s)
             flat = [p for predictions in results for p in predictions]
-            self.metrics.observe_predictions((p.entropy for p in flat), (p.mutual_information for p in flat))
+            self.metrics.observe_predictions(
+                (p.entropy for p in flat), (p.mutual_information for p in flat), (p.oov_fraction for p in flat)
+            )
         return outputs, engine_s

@@ -23,7 +23,13 @@ from prometheus_client.process_collector import ProcessCollector
 
 __all__ = ["BASELINE_STATISTICS", "REJECT_REASONS", "Metrics", "ModelMetrics"]
 
-BASELINE_STATISTICS = ("mean_entropy", "mean_mutual_information", "mutual_information_threshold", "high_mi_share")
+BASELINE_STATISTICS = (
+    "mean_entropy",
+    "mean_mutual_information",
+    "mutual_information_threshold",
+    "high_mi_share",
+    "mean_oov_fraction",
+)
 REJECT_REASONS = ("overloaded", "timeout", "not_ready")
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -32,6 +38,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _ENTROPY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.8, 1.0, 1.5, 2.0, 3.0)
 _MI_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+_OOV_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def method_label(method: str) -> str:
@@ -54,6 +61,7 @@ class ModelMetrics:
     queue_depth: Gauge
     entropy: Histogram
     mutual_information: Histogram
+    oov_fraction: Histogram
     predictions: Counter
     high_uncertainty: Counter
     rejected: dict[str, Counter]
@@ -64,7 +72,11 @@ class ModelMetrics:
         self.batch_size.observe(n_texts)
         self.mc_samples.inc(n_texts * n_samples)
 
-    def observe_predictions(self, entropies: Iterable[float], mutual_informations: Iterable[float]) -> None:
+    def observe_predictions(
+        self, entropies: Iterable[float], mutual_informations: Iterable[float], oov_fractions: Iterable[float] = ()
+    ) -> None:
+        for value in oov_fractions:
+            self.oov_fraction.observe(value)
         n = 0
         for value in entropies:
             self.entropy.observe(value)
@@ -131,6 +143,14 @@ class Metrics:
             buckets=_MI_BUCKETS,
             registry=registry,
         )
+        self.oov_fraction = Histogram(
+            "mcdrop_oov_fraction",
+            "Share of each served text's tokens outside the vocabulary: the input-novelty signal "
+            "(mutual information does not rise on unfamiliar text; this does).",
+            ("model",),
+            buckets=_OOV_BUCKETS,
+            registry=registry,
+        )
         self.predictions = Counter("mcdrop_predictions_total", "Texts predicted.", ("model",), registry=registry)
         self.high_uncertainty = Counter(
             "mcdrop_high_uncertainty_total",
@@ -184,6 +204,7 @@ class Metrics:
             queue_depth=self.queue_depth.labels(name),
             entropy=self.entropy.labels(name),
             mutual_information=self.mutual_information.labels(name),
+            oov_fraction=self.oov_fraction.labels(name),
             predictions=self.predictions.labels(name),
             high_uncertainty=self.high_uncertainty.labels(name),
             rejected={reason: self.rejected.labels(name, reason) for reason in REJECT_REASONS},

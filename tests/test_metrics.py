@@ -15,6 +15,7 @@ CONTRACT = {
     "mcdrop_queue_depth": {"model"},
     "mcdrop_predictive_entropy": {"model"},
     "mcdrop_mutual_information": {"model"},
+    "mcdrop_oov_fraction": {"model"},
     "mcdrop_predictions_total": {"model"},
     "mcdrop_high_uncertainty_total": {"model"},
     "mcdrop_uncertainty_baseline": {"model", "statistic"},
@@ -27,6 +28,7 @@ BASELINE = {
     "mean_mutual_information": 0.02,
     "mutual_information_threshold": 0.05,
     "high_mi_share": 0.05,
+    "mean_oov_fraction": 0.08,
 }
 
 
@@ -36,7 +38,7 @@ def _metrics() -> Metrics:
         "m", version="3", architecture="gru", dropout_placement="before_recurrence", baseline=BASELINE
     )
     model.observe_batch(4, 10, 0.01)
-    model.observe_predictions([0.1, 0.6], [0.01, 0.2])
+    model.observe_predictions([0.1, 0.6], [0.01, 0.2], [0.0, 0.75])
     metrics.observe_request("/v1/predict", "POST", 200, 0.02)
     metrics.reject("m", "overloaded")
     metrics.reject(None, "not_ready")
@@ -66,6 +68,10 @@ def test_values() -> None:
     assert value("mcdrop_predictions_total", {"model": "m"}) == 2
     assert value("mcdrop_high_uncertainty_total", {"model": "m"}) == 1
     assert value("mcdrop_uncertainty_baseline", {"model": "m", "statistic": "high_mi_share"}) == 0.05
+    assert value("mcdrop_uncertainty_baseline", {"model": "m", "statistic": "mean_oov_fraction"}) == 0.08
+    assert value("mcdrop_oov_fraction_count", {"model": "m"}) == 2
+    assert value("mcdrop_oov_fraction_sum", {"model": "m"}) == 0.75
+    assert value("mcdrop_oov_fraction_bucket", {"model": "m", "le": "0.0"}) == 1
     labels = {"model": "m", "version": "3", "architecture": "gru", "dropout_placement": "before_recurrence"}
     assert value("mcdrop_model_info", labels) == 1
     assert value("mcdrop_requests_total", {"endpoint": "/v1/predict", "method": "POST", "status": "2xx"}) == 1
