@@ -56,6 +56,7 @@ def write_tiny_checkpoint(
             "mean_mutual_information": 0.01,
             "mutual_information_threshold": 0.05,
             "high_mi_share": 0.05,
+            "mean_oov_fraction": 0.05,
         },
     }
     return save_checkpoint(directory / name, model, encoder, config)

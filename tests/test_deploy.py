@@ -3,8 +3,9 @@
 Static checks (no tools needed): every MCDROP_* variable named in the Dockerfile, Compose file, Kubernetes
 manifests and docs/deploy.md is a real setting and the ConfigMap's values pass ``Settings`` validation; the
 container command is the same in the image and in Kubernetes; every file the Dockerfile copies is in the build
-context. Live check: every ``mcdrop_*`` metric (and label) that the Grafana dashboard and the alert rules query
-is exported by a running ``mcdrop serve``.
+context; every baseline statistic the dashboard and the alert rules name is one the service exports. Live check:
+every ``mcdrop_*`` metric (and label) that the Grafana dashboard and the alert rules query is exported by a running
+``mcdrop serve``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import MakeCheckpoint
+from mcdrop.metrics import BASELINE_STATISTICS
 from mcdrop.settings import Settings, env_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,7 @@ NON_SETTING_ENV = {"OMP_NUM_THREADS"}  # torch's CPU thread pool, sized to the c
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 STATUS_CLASSES = {"1xx", "2xx", "3xx", "4xx", "5xx"}
 
+STATISTIC_RE = re.compile(r'\bstatistic\s*=\s*"([^"]*)"')
 METRIC_RE = re.compile(r"\bmcdrop_[a-z0-9_]*[a-z0-9]")
 SELECTOR_RE = re.compile(r"\b(mcdrop_[a-z0-9_]+)\{([^}]*)\}")
 MATCHER_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
@@ -116,6 +119,12 @@ def test_queries_were_found() -> None:
     names = {base_name(m) for q in referenced_queries() for m in METRIC_RE.findall(q)}
     # The guard against a parser that silently finds nothing: the drift signal must be among them.
     assert {"mcdrop_mutual_information", "mcdrop_uncertainty_baseline", "mcdrop_requests_total"} <= names
+
+
+def test_baseline_statistics_are_exported_ones() -> None:
+    named = {name for query in referenced_queries() for name in STATISTIC_RE.findall(query)}
+    assert "mean_oov_fraction" in named, "the input novelty panels and alert compare with this baseline"
+    assert named <= set(BASELINE_STATISTICS), f"not baseline statistics: {sorted(named - set(BASELINE_STATISTICS))}"
 
 
 def test_every_mcdrop_variable_is_a_setting() -> None:
@@ -248,7 +257,7 @@ def predict(server: Server, texts: list[str], seed: int = 0) -> dict[str, object
 
 @pytest.mark.slow
 def test_dashboard_and_alerts_query_only_exported_metrics(make_checkpoint: MakeCheckpoint, tmp_path: Path) -> None:
-    model_dir = make_checkpoint("mlp").parent
+    model_dir = make_checkpoint("mlp").parent  # its baseline has every statistic, mean_oov_fraction included
     with running_server(model_dir, tmp_path / "serve.log") as server:
         assert http("GET", server.url + "/healthz")[0] == 200
         predict(server, ["a wonderful film", "a boring mess of a film", "zzz qqq"])
