@@ -116,8 +116,13 @@ def _validate_config(config: dict[str, Any], source: Path) -> None:
     if config.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
         raise CheckpointError(f"{source}: format_version {config['format_version']} is not {FORMAT_VERSION}")
     labels = config["labels"]
-    if not isinstance(labels, list) or len(labels) < 2 or len(set(map(str, labels))) != len(labels):
-        raise CheckpointError(f"{source}: labels must be a list of at least two distinct names")
+    if (
+        not isinstance(labels, list)
+        or len(labels) < 2
+        or not all(isinstance(label, str) and label for label in labels)
+        or len(set(labels)) != len(labels)
+    ):
+        raise CheckpointError(f"{source}: labels must be a list of at least two distinct non-empty strings")
     if not isinstance(config["model_params"], dict):
         raise CheckpointError(f"{source}: model_params must be an object")
     n_samples = config.get("default_n_samples", 50)
@@ -128,6 +133,22 @@ def _validate_config(config: dict[str, Any], source: Path) -> None:
         raise CheckpointError(f"{source}: temperature must be a positive number (got {temperature!r})")
 
 
+def _check_encoder_fits_model(config: dict[str, Any], encoder: TextEncoder, path: Path) -> None:
+    """A sequence model reads unigram ids in order, at most ``max_len`` of them: the encoder must agree."""
+    if config["architecture"] != "gru":
+        return
+    if encoder.ngram_max != 1:
+        raise CheckpointError(
+            f"{path / VOCAB_FILE}: a GRU reads word sequences: ngram_max must be 1 (got {encoder.ngram_max})"
+        )
+    max_len = config["model_params"].get("max_len", 256)
+    if encoder.max_tokens > max_len:
+        raise CheckpointError(
+            f"{path / CONFIG_FILE}: the encoder keeps up to {encoder.max_tokens} tokens but the GRU's max_len is "
+            f"{max_len}: set max_len >= max_tokens"
+        )
+
+
 def load_checkpoint(directory: str | os.PathLike[str], device: str = "cpu") -> Checkpoint:
     """Load a checkpoint directory; any missing or corrupt file raises :class:`CheckpointError` naming it."""
     path = Path(directory)
@@ -136,6 +157,7 @@ def load_checkpoint(directory: str | os.PathLike[str], device: str = "cpu") -> C
     config = _read_json(path / CONFIG_FILE)
     _validate_config(config, path / CONFIG_FILE)
     encoder = TextEncoder.from_json(_read_json(path / VOCAB_FILE), source=str(path / VOCAB_FILE))
+    _check_encoder_fits_model(config, encoder, path)
     try:
         model = build_model(config["architecture"], len(encoder.vocab), len(config["labels"]), config["model_params"])
     except ConfigError as error:

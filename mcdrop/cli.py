@@ -59,20 +59,34 @@ def probability(value: str) -> float:
     return number
 
 
-def _read_texts(stream: TextIO, source: str) -> Iterator[str]:
-    """One text per line; a line that is a JSON object takes its ``text`` field (JSONL)."""
-    for number, line in enumerate(stream, start=1):
-        line = line.rstrip("\r\n")
-        if line.lstrip().startswith("{"):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise McdropError(f"{source}:{number}: invalid JSON line ({error.msg})") from error
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise McdropError(f'{source}:{number}: a JSON line needs a string field "text"')
-            yield record["text"]
-        else:
+def _json_text(line: str) -> str | None:
+    """The ``text`` field of a JSON object line, or None if the line is not such an object."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record["text"] if isinstance(record, dict) and isinstance(record.get("text"), str) else None
+
+
+def _read_texts(stream: TextIO, source: str, fmt: str) -> Iterator[str]:
+    """Texts from ``stream``: one per line (``text``), or the ``text`` field of each JSON line (``jsonl``).
+
+    ``auto`` decides on the first line: JSONL if it is a JSON object with a string ``text``, plain text otherwise,
+    so a plain line such as ``{spoiler} great ending`` is read as text.
+    """
+    for number, raw in enumerate(stream, start=1):
+        line = raw.rstrip("\r\n")
+        if fmt == "auto":
+            fmt = "jsonl" if _json_text(line) is not None else "text"
+        if fmt == "text":
             yield line
+            continue
+        if not line.strip():
+            continue  # blank lines between JSON records carry nothing
+        text = _json_text(line)
+        if text is None:
+            raise McdropError(f'{source}:{number}: expected a JSON object with a string field "text" (--format jsonl)')
+        yield text
 
 
 def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -100,7 +114,10 @@ def run_predict(args: argparse.Namespace) -> int:
     except OSError as error:
         raise McdropError(f"cannot read input file {source}: {error.strerror}") from error
     try:
-        for batch in _batches(_read_texts(stream, source), args.batch_size):
+        fmt = args.format
+        if fmt == "auto" and source.endswith((".jsonl", ".ndjson")):
+            fmt = "jsonl"
+        for batch in _batches(_read_texts(stream, source, fmt), args.batch_size):
             for prediction in engine.predict(batch, n_samples=n_samples, seed=seed):
                 sys.stdout.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + "\n")
     except UnicodeDecodeError as error:
@@ -116,6 +133,13 @@ def _add_predict(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.add_argument("checkpoint", help="checkpoint directory (e.g. models/rt-mlp)")
     parser.add_argument(
         "--input", default="-", help="file with one text per line, or JSONL with a 'text' field; - is stdin"
+    )
+    parser.add_argument(
+        "--format",
+        choices=["auto", "text", "jsonl"],
+        default="auto",
+        help="text: one text per line; jsonl: a JSON object with a 'text' field per line; auto: .jsonl/.ndjson "
+        "files, or a first line that is such an object, are JSONL (default)",
     )
     parser.add_argument("--n-samples", type=positive_int, default=None, help="MC samples (default: the model's)")
     parser.add_argument("--seed", type=non_negative_int, default=None, help="seed; the same seed reproduces exactly")

@@ -92,10 +92,10 @@ class MaskSampler:
         self._samples = slice(0, self.n_samples) if samples is None else samples
         self._calls = 0
 
-    def keep(self, p: float, shape: Sequence[int]) -> Tensor:
-        """Scaled keep-mask for one layer: ``(S, B, *shape)``, or ``(S, 1, *shape)`` with a single group.
+    def group_masks(self, p: float, shape: Sequence[int]) -> Tensor:
+        """Scaled keep-masks of the next layer for each seed group: ``(G, S, *shape)``.
 
-        ``shape`` is the feature shape after the batch axis, with 1 on axes the mask is shared along.
+        For layers that cannot broadcast one mask over a batch (weight dropout); :meth:`keep` is the usual entry.
         """
         index = self._calls
         self._calls += 1
@@ -106,6 +106,14 @@ class MaskSampler:
         masks = self._cache[index][:, self._samples]
         if masks.shape[2:] != tuple(shape):
             raise RuntimeError(f"mask {index} was drawn for shape {tuple(masks.shape[2:])}, asked {tuple(shape)}")
+        return masks
+
+    def keep(self, p: float, shape: Sequence[int]) -> Tensor:
+        """Scaled keep-mask for one layer: ``(S, B, *shape)``, or ``(S, 1, *shape)`` with a single group.
+
+        ``shape`` is the feature shape after the batch axis, with 1 on axes the mask is shared along.
+        """
+        masks = self.group_masks(p, shape)
         if self.groups is None:
             return masks[0].unsqueeze(1)  # (S, 1, *shape)
         return masks.index_select(0, self.groups).transpose(0, 1)  # (G,S,..)->(B,S,..)->(S,B,..)

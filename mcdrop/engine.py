@@ -83,8 +83,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _round(values: list[float]) -> list[float]:
-    """Round to 7 significant digits: the model computes in float32, and digits past that are rounding noise
-    that would otherwise make a text's answer depend on the batch size BLAS saw."""
+    """Round to 7 significant digits: the model computes in float32, and digits past that are rounding noise.
+
+    It also hides most of the last-digit differences that another batch shape can cause in BLAS (not all: a value
+    next to a rounding boundary may still differ in its last digit).
+    """
     return [float(f"{v:.7g}") for v in values]
 
 
@@ -173,6 +176,7 @@ class MCEngine:
                 chunk_seeds.tolist(),
                 groups if len(chunk_seeds) > 1 else None,
                 device=self.device,
+                dtype=self.dtype,  # under autocast, fp32 masks would promote activations back to fp32
             )
             with torch.inference_mode(), self._autocast():
                 state = self.model.prefix(batch)

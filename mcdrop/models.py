@@ -186,7 +186,8 @@ class DropoutGRU(nn.Module):
 
     def prefix(self, batch: ModelInput) -> tuple[Tensor, Tensor]:
         """Embeddings ``(B, T, E)`` when the recurrence is stochastic, else pooled GRU features ``(B, F)``."""
-        assert batch.lengths is not None, "DropoutGRU needs a sequence batch (make_input)"
+        if batch.lengths is None:
+            raise ValueError("DropoutGRU needs a sequence batch: build it with DropoutGRU.make_input")
         embedded = self.embedding(batch.ids)
         if self.stochastic_recurrence:
             return embedded, batch.lengths
@@ -223,15 +224,18 @@ class DropoutGRU(nn.Module):
 
     def _weight_dropout_samples(self, x: Tensor, lengths: Tensor, sampler: MaskSampler) -> Tensor:
         """One GRU pass per (sample, seed group): each needs its own recurrent weights."""
-        masks = {n: sampler.keep(self.weight_dropout_p, self.gru.get_parameter(n).shape) for n in self._recurrent_names}
+        # (G, S, *W.shape) per recurrent matrix: one mask per seed group and sample, never one per input.
+        masks = {
+            n: sampler.group_masks(self.weight_dropout_p, self.gru.get_parameter(n).shape)
+            for n in self._recurrent_names
+        }
         n_samples, batch = x.shape[:2]
         groups = sampler.groups if sampler.groups is not None else torch.zeros(batch, dtype=torch.long)
         out: Tensor | None = None
         for group in torch.unique(groups).tolist():
             rows = (groups == group).nonzero().flatten()
-            first = int(rows[0])  # every row of a group shares its masks
             for s in range(n_samples):
-                weights = self._dropped_weights({n: m[s, first] for n, m in masks.items()})
+                weights = self._dropped_weights({n: m[group, s] for n, m in masks.items()})
                 pooled = self._recurrence(x[s, rows.to(x.device)], lengths[rows.cpu()], weights)
                 if out is None:
                     out = x.new_empty(n_samples, batch, pooled.shape[-1])
@@ -254,5 +258,5 @@ def build_model(architecture: str, vocab_size: int, n_classes: int, params: dict
         raise ConfigError(f"a classifier needs at least two labels (got {n_classes})")
     try:
         return MODEL_CLASSES[architecture](vocab_size, n_classes, **params)
-    except TypeError as error:
+    except (TypeError, ValueError, RuntimeError) as error:  # unknown names, negative or zero sizes
         raise ConfigError(f"invalid {architecture} parameters: {error}") from error

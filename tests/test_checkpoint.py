@@ -27,10 +27,19 @@ def test_round_trip_gives_identical_predictions(make_checkpoint: MakeCheckpoint,
     assert config["dropout_placement"] in {"after_embedding", "before_recurrence"}
 
 
-def test_no_pickle_in_the_checkpoint(make_checkpoint: MakeCheckpoint) -> None:
-    path = make_checkpoint()
+@pytest.mark.parametrize("architecture", ["mlp", "gru"])
+def test_loading_runs_no_pickle(
+    make_checkpoint: MakeCheckpoint, monkeypatch: pytest.MonkeyPatch, architecture: str
+) -> None:
+    path = make_checkpoint(architecture)
     assert sorted(p.name for p in path.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE]
-    assert not (path / WEIGHTS_FILE).read_bytes().startswith(b"\x80")  # pickle protocol marker
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pickle used while loading a checkpoint")
+
+    for target in ("pickle.load", "pickle.loads", "pickle.Unpickler", "torch.load"):
+        monkeypatch.setattr(target, refuse)
+    MCEngine(load_checkpoint(path), device="cpu").predict(["a film"], n_samples=2, seed=0)
 
 
 def test_discover(make_checkpoint: MakeCheckpoint) -> None:
@@ -70,7 +79,8 @@ def test_garbage_config_and_bad_values(make_checkpoint: MakeCheckpoint) -> None:
     with pytest.raises(CheckpointError, match=rf"{CONFIG_FILE}: cannot read JSON"):
         load_checkpoint(path)
     for key, value, message in [
-        ("labels", ["only"], "labels must be a list of at least two distinct names"),
+        ("labels", ["only"], "labels must be a list of at least two distinct non-empty strings"),
+        ("labels", [0, 1], "labels must be a list of at least two distinct non-empty strings"),
         ("default_n_samples", 0, "default_n_samples must be a positive integer"),
         ("temperature", -1, "temperature must be a positive number"),
         ("architecture", "cnn", "unknown architecture 'cnn'"),
@@ -86,4 +96,24 @@ def test_weights_that_do_not_match_the_config(make_checkpoint: MakeCheckpoint) -
     config["model_params"]["embed_dim"] = 32
     (path / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=rf"{WEIGHTS_FILE}: weights do not match {CONFIG_FILE}"):
+        load_checkpoint(path)
+
+
+def test_gru_checkpoint_whose_encoder_does_not_fit_is_refused(make_checkpoint: MakeCheckpoint) -> None:
+    path = make_checkpoint("gru")
+    vocab = json.loads((path / VOCAB_FILE).read_text())
+    (path / VOCAB_FILE).write_text(json.dumps({**vocab, "ngram_max": 2}))
+    with pytest.raises(CheckpointError, match=rf"{VOCAB_FILE}: a GRU reads word sequences: ngram_max must be 1"):
+        load_checkpoint(path)
+    (path / VOCAB_FILE).write_text(json.dumps({**vocab, "max_tokens": 1000}))
+    with pytest.raises(CheckpointError, match=r"keeps up to 1000 tokens but the GRU's max_len is 32"):
+        load_checkpoint(path)
+
+
+def test_impossible_sizes_are_named(make_checkpoint: MakeCheckpoint) -> None:
+    path = make_checkpoint()
+    config = json.loads((path / CONFIG_FILE).read_text())
+    config["model_params"]["embed_dim"] = -4
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=rf"{CONFIG_FILE}: invalid mlp parameters"):
         load_checkpoint(path)

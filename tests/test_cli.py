@@ -79,9 +79,9 @@ def test_bad_input_gives_one_line_error(
 
 def test_corrupt_checkpoint_and_bad_jsonl(make_checkpoint: MakeCheckpoint, tmp_path: Path) -> None:
     ckpt = make_checkpoint()
-    bad = mcdrop("predict", str(ckpt), stdin='{"txt": 1}\n')
+    bad = mcdrop("predict", str(ckpt), "--format", "jsonl", stdin='{"text": "fine"}\n{"txt": 1}\n')
     assert bad.returncode == 2
-    assert bad.stderr.strip().endswith('<stdin>:1: a JSON line needs a string field "text"')
+    assert bad.stderr.strip().endswith('<stdin>:2: expected a JSON object with a string field "text" (--format jsonl)')
     (ckpt / "model.safetensors").write_bytes(b"junk")
     result = mcdrop("predict", str(ckpt), stdin="hello\n")
     assert result.returncode == 2
@@ -95,3 +95,20 @@ def test_invalid_utf8_input(make_checkpoint: MakeCheckpoint, tmp_path: Path) -> 
     result = mcdrop("predict", str(make_checkpoint()), "--input", str(path))
     assert result.returncode == 2
     assert "not valid UTF-8 text" in result.stderr
+
+
+def test_input_formats(make_checkpoint: MakeCheckpoint, tmp_path: Path) -> None:
+    ckpt = str(make_checkpoint())
+    # a plain line that starts with a brace is text, not a broken JSON record
+    plain = mcdrop("predict", ckpt, "--seed", "0", stdin="{spoiler} the ending was great\nsecond line\n")
+    assert plain.returncode == 0, plain.stderr
+    assert [json.loads(line)["n_tokens"] for line in plain.stdout.splitlines()] == [5, 2]
+    # auto: a first line that is a JSON object with "text" makes the stream JSONL
+    jsonl = mcdrop("predict", ckpt, "--seed", "0", stdin='{"text": "second line"}\n\n{"text": "x y z"}\n')
+    assert [json.loads(line)["n_tokens"] for line in jsonl.stdout.splitlines()] == [2, 3]
+    # a .jsonl file is JSONL, and --format text reads JSON lines as text
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "a b"}\n')
+    assert json.loads(mcdrop("predict", ckpt, "--input", str(path), "--seed", "0").stdout)["n_tokens"] == 2
+    as_text = mcdrop("predict", ckpt, "--format", "text", "--seed", "0", stdin='{"text": "a b"}\n')
+    assert json.loads(as_text.stdout)["n_tokens"] == 3  # text, a, b

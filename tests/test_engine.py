@@ -112,3 +112,12 @@ def test_to_dict_has_every_field(engine: MCEngine) -> None:
 
     prediction = engine.predict(["a film"], n_samples=3, seed=0)[0]
     assert prediction.to_dict() == asdict(prediction)
+
+
+def test_weight_dropout_with_several_seeds_and_sample_chunks(make_checkpoint: MakeCheckpoint) -> None:
+    path = make_checkpoint("gru", name="wd", input_dropout_p=0.0, weight_dropout_p=0.3)
+    engine = MCEngine(load_checkpoint(path), device="cpu", max_batch_rows=3)  # fewer rows than samples
+    requests = [(TEXTS[:2], 1), (TEXTS[2:4], 2), (TEXTS[4:], 1)]
+    merged = engine.predict_many(requests, n_samples=7)
+    for result, (texts, seed) in zip(merged, requests, strict=True):
+        assert_predictions_close(result, engine.predict(texts, n_samples=7, seed=seed))

@@ -60,15 +60,19 @@ def test_gru_result_does_not_depend_on_padding_of_the_batch() -> None:
     assert torch.allclose(alone[:, 0], padded[:, 1], atol=1e-6)
 
 
-def test_layer_norm_stays_in_eval_during_mc() -> None:
-    """MC mode must not switch other layers to training: a model in eval() keeps its norm statistics."""
-    model = DropoutMLP(12, 2, embed_dim=4, hidden_dims=(4,), dropout_p=(0.5, 0.5)).eval()
-    norm = torch.nn.BatchNorm1d(2).eval()
-    before = norm.running_mean.clone()
-    logits = model.stochastic_tail(model.prefix(model.make_input(IDS)), MaskSampler(5, [0]))
-    norm(logits.reshape(-1, 2))
-    assert torch.equal(norm.running_mean, before)
-    assert not model.training and all(not m.training for m in model.modules())
+@pytest.mark.parametrize("architecture", ["mlp", "gru"])
+def test_mc_sampling_does_not_depend_on_train_mode(architecture: str) -> None:
+    """MC dropout is switched on by the sampler, never by model.train(): both modes give the same samples."""
+    params = {"weight_dropout_p": 0.2, "word_dropout_p": 0.1, "max_len": 8} if architecture == "gru" else {}
+    model = build_model(architecture, 12, 2, params)
+    batch = model.make_input(IDS)
+    model.eval()
+    in_eval = model.stochastic_tail(model.prefix(batch), MaskSampler(5, [1]))  # type: ignore[arg-type]
+    model.train()
+    in_train = model.stochastic_tail(model.prefix(batch), MaskSampler(5, [1]))  # type: ignore[arg-type]
+    assert torch.allclose(in_eval, in_train)
+    model.eval()
+    assert torch.equal(model(batch), model(batch))  # and eval() without a sampler is deterministic
 
 
 def test_build_model_errors() -> None:
@@ -80,3 +84,5 @@ def test_build_model_errors() -> None:
         build_model("gru", 10, 2, {"bogus": 1})
     with pytest.raises(ConfigError, match=r"word_dropout_p must be a probability in \[0, 1\]"):
         build_model("gru", 10, 2, {"word_dropout_p": 1.2})
+    with pytest.raises(ConfigError, match="invalid mlp parameters"):
+        build_model("mlp", 10, 2, {"embed_dim": -4})
