@@ -8,8 +8,10 @@
 * times the request and exposes where the time went (``RequestTiming``, filled by the routes) as a
   ``Server-Timing`` header and in the access log line;
 * counts ``mcdrop_requests_total`` / ``mcdrop_request_duration_seconds`` by route template (never the raw path);
+* logs the route template, or for an unmatched path the path escaped: the server percent-decodes paths, so a raw
+  ``%0A`` would otherwise write a line break (a forged log line) into the log;
 * turns an unexpected exception into a logged traceback (with the request id) and a plain
-  ``500 {"detail": "internal server error"}``.
+  ``500 {"detail": "internal server error"}``; a client that went away mid-request is no error (counted 499).
 
 ``install_error_handlers`` makes every refusal answer ``{"detail": "<one line>"}``.
 """
@@ -29,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcdrop.metrics import Metrics
@@ -43,6 +46,7 @@ TIMING_KEY = "mcdrop.timing"
 _ids = random.Random()  # seeded from os.urandom once; a syscall per request id would cost more than the id
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 _INTERNAL_ERROR = b'{"detail":"internal server error"}'
+_LOGGED_PATH_CHARS = 200
 
 
 class RequestIdFilter(logging.Filter):
@@ -91,6 +95,16 @@ def _request_id(scope: Scope) -> str:
     return f"{_ids.getrandbits(128):032x}"
 
 
+def _logged_path(scope: Scope) -> str:
+    """The route template when one matched, else the path with control and non-ASCII characters escaped."""
+    route_path = getattr(scope.get("route"), "path", None)
+    if isinstance(route_path, str):
+        return route_path
+    path: str = scope["path"]
+    escaped = path.encode("unicode_escape").decode("ascii")
+    return escaped if len(escaped) <= _LOGGED_PATH_CHARS else escaped[:_LOGGED_PATH_CHARS] + "..."
+
+
 class RequestContextMiddleware:
     """See the module docstring. Must be the outermost user middleware."""
 
@@ -124,8 +138,10 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_context)
+        except ClientDisconnect:
+            pass  # the client went away while its request was read: nobody to answer (counted 499 below)
         except Exception:
-            logger.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            logger.exception("unhandled error in %s %s", scope["method"], _logged_path(scope))
             if status == 0:
                 await send_with_context(
                     {
@@ -156,7 +172,7 @@ class RequestContextMiddleware:
             access_logger.info(
                 '"%s %s" %d %.1fms parse=%.2fms queue=%.2fms engine=%.2fms batch=%d/%d',
                 scope["method"],
-                scope["path"],
+                _logged_path(scope),
                 status,
                 total_s * 1000,
                 timing.parse_s * 1000,
@@ -166,7 +182,7 @@ class RequestContextMiddleware:
                 timing.batch_texts,
             )
         else:
-            access_logger.info('"%s %s" %d %.1fms', scope["method"], scope["path"], status, total_s * 1000)
+            access_logger.info('"%s %s" %d %.1fms', scope["method"], _logged_path(scope), status, total_s * 1000)
 
 
 def _detail_response(status: int, detail: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:

@@ -10,6 +10,7 @@ All inference, warm-up included, runs on one shared thread: the machine's cores 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -51,11 +52,13 @@ class Service:
         self.settings = settings
         self.metrics = metrics
         self.limits = Limits(settings.max_texts_per_request, settings.max_text_chars, settings.max_n_samples)
-        self.api_keys = settings.api_key_bytes
+        # SHA-256 digests, so comparing a sent key with them takes the same time whatever the keys' lengths
+        self.api_key_digests = tuple(hashlib.sha256(key).digest() for key in settings.api_key_bytes)
         self.policy = BatchPolicy(
             max_batch_rows=settings.max_batch_rows,
             max_wait_ms=settings.max_wait_ms,
             queue_limit=settings.queue_limit,
+            queue_limit_rows=settings.queue_rows,
             batching=settings.batching,
         )
         self.status: Literal["loading", "ready", "failed"] = "loading"

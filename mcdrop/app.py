@@ -91,7 +91,7 @@ def _dest(field: str) -> str:
     return f"serve_{field}"  # apart from the top-level parser's own --log-level
 
 
-_METAVARS = {"host": "HOST", "default_model": "NAME", "api_keys": "KEY[,KEY...]"}
+_METAVARS = {"host": "HOST", "default_model": "NAME", "device": "DEVICE", "api_keys": "KEY[,KEY...]"}
 
 
 def _flag_kwargs(field: str, annotation: Any) -> dict[str, Any]:

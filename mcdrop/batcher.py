@@ -10,11 +10,14 @@ reproducible from the seed it reports, and the batch pays for one set of masks i
 Under load no waiting is needed: requests that arrive while the engine is busy form the next batch.
 
 Overload and deadlines: ``submit`` refuses at once (:class:`Overloaded`) when the queued texts would exceed
-``queue_limit``, before anything starts. A request whose future is cancelled or whose deadline has passed is
-skipped by the worker, so a client that gave up costs nothing more; one already in the engine finishes and its
-answer is dropped.
+``queue_limit`` or the queued rows (texts x samples) ``queue_limit_rows``, before anything starts; a text costs the
+engine one row per sample, so the row limit is what bounds how long the queue takes to drain. A request whose
+future is cancelled or whose deadline has passed is skipped by the worker, so a client that gave up costs nothing
+more; one already in the engine finishes and its answer is dropped. An unexpected error while forming or handing
+back a batch fails that batch's requests (and is logged); the worker goes on with the next.
 
-    batcher = Batcher(engine, executor, BatchPolicy(max_batch_rows=32768, max_wait_ms=2, queue_limit=1024))
+    policy = BatchPolicy(max_batch_rows=32768, max_wait_ms=2, queue_limit=1024, queue_limit_rows=1_048_576)
+    batcher = Batcher(engine, executor, policy)
     batcher.start()                                   # inside the running event loop
     result = await batcher.predict(["good film"], n_samples=100, seed=7, timeout_s=30)
     await batcher.close()                             # finishes what is queued, then stops the worker
@@ -74,7 +77,8 @@ class ShuttingDown(Exception):
 class BatchPolicy:
     max_batch_rows: int = 32768
     max_wait_ms: float = 2.0
-    queue_limit: int = 1024
+    queue_limit: int = 1024  # texts
+    queue_limit_rows: int = 262_144  # texts x samples
     batching: bool = True
 
 
@@ -100,7 +104,7 @@ class Ticket:
     deadline: float  # loop.time() after which it is not started
     future: asyncio.Future[Result]
     enqueued: float = field(default_factory=time.perf_counter)
-    released: bool = False  # its texts no longer count against the queue limit
+    released: bool = False  # its texts and rows no longer count against the queue limits
 
     @property
     def rows(self) -> int:
@@ -123,6 +127,7 @@ class Batcher:
         self.metrics = metrics
         self._pending: deque[Ticket] = deque()
         self._pending_texts = 0
+        self._pending_rows = 0
         self._wakeup = asyncio.Event()
         self._closing = False
         self._worker: asyncio.Task[None] | None = None
@@ -131,6 +136,15 @@ class Batcher:
     @property
     def queued_texts(self) -> int:
         return self._pending_texts
+
+    @property
+    def queued_rows(self) -> int:
+        return self._pending_rows
+
+    @property
+    def running(self) -> bool:
+        """Whether the worker is started and has not stopped."""
+        return self._worker is not None and not self._worker.done()
 
     def start(self) -> None:
         if self._worker is None:
@@ -151,10 +165,16 @@ class Batcher:
                 f"model {self.engine.name} is overloaded: {self._pending_texts} texts queued "
                 f"(limit {self.policy.queue_limit}); retry later"
             )
+        if self._pending_rows + n_texts * n_samples > self.policy.queue_limit_rows:
+            raise Overloaded(
+                f"model {self.engine.name} is overloaded: {self._pending_rows} rows (texts x samples) queued "
+                f"(limit {self.policy.queue_limit_rows}); retry later or with fewer samples"
+            )
         loop = asyncio.get_running_loop()
         ticket = Ticket(texts, n_samples, seed, loop.time() + timeout_s, loop.create_future())
         self._pending.append(ticket)
         self._pending_texts += n_texts
+        self._pending_rows += ticket.rows
         self._set_depth()
         self._wakeup.set()
         return ticket
@@ -187,6 +207,7 @@ class Batcher:
         if not ticket.released:
             ticket.released = True
             self._pending_texts -= len(ticket.texts)
+            self._pending_rows -= ticket.rows
             self._set_depth()
 
     def _set_depth(self) -> None:
@@ -233,16 +254,19 @@ class Batcher:
         self._pending = keep
         return batch
 
-    async def _next_batch(self) -> list[Ticket] | None:
+    async def _next_head(self) -> Ticket | None:
+        """The oldest live request, waiting for one; ``None`` once closing with nothing left."""
         loop = asyncio.get_running_loop()
         while True:
             first = self._live_head(loop.time())
-            if first is not None:
-                break
-            if self._closing:
-                return None
+            if first is not None or self._closing:
+                return first
             self._wakeup.clear()
             await self._wakeup.wait()
+
+    async def _next_batch(self, first: Ticket) -> list[Ticket]:
+        """``first`` and the requests merged with it; empty when none is still live (abandoned or expired)."""
+        loop = asyncio.get_running_loop()
         if self.policy.batching and self.policy.max_wait_ms > 0:
             # the window opens when the first request arrived: one that already waited for a busy engine runs now
             until = loop.time() + self.policy.max_wait_ms / 1000 - (time.perf_counter() - first.enqueued)
@@ -255,34 +279,60 @@ class Batcher:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except TimeoutError:
                     break
-            if first.future.done():  # abandoned while waiting: start over
-                return await self._next_batch()
+            if first.future.done():  # abandoned while waiting: the next head opens its own window
+                return []
         return self._take(first, loop.time())
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
-            if batch is None:
-                return
-            n_samples = batch[0].n_samples
-            started = time.perf_counter()
-            batch_seed = self._seeds.getrandbits(31)
-            seeds = [batch_seed if t.seed is None else t.seed for t in batch]
-            requests = [(t.texts, seed) for t, seed in zip(batch, seeds, strict=True)]
+            first: Ticket | None = None
+            batch: list[Ticket] = []
             try:
-                outputs, engine_s = await loop.run_in_executor(self.executor, self._infer, requests, n_samples)
-            except Exception as error:  # the engine failed: every request in the batch gets the error
-                for ticket in batch:
-                    if not ticket.future.done():
-                        ticket.future.set_exception(error)
-                continue
-            n_texts = sum(len(t.texts) for t in batch)
-            for ticket, seed, predictions in zip(batch, seeds, outputs, strict=True):
+                first = await self._next_head()
+                if first is None:
+                    return
+                batch = await self._next_batch(first)
+                if batch:  # empty when every candidate expired during the window
+                    await self._dispatch(batch)
+            except Exception as error:
+                # a bug here must cost only the requests at hand, never the worker: every later request of this
+                # model would otherwise wait for its deadline while /readyz still reports ready
+                logger.exception("batch of model %s failed", self.engine.name)
+                self._fail([first, *batch] if first is not None else list(self._pending), error)
+                await asyncio.sleep(0)  # never a busy loop that starves the event loop, whatever failed
+
+    def _fail(self, tickets: Sequence[Ticket], error: Exception) -> None:
+        """Take ``tickets`` out of the queue and resolve each with ``error`` (the route answers 500)."""
+        failed = {id(t) for t in tickets}
+        self._pending = deque(t for t in self._pending if id(t) not in failed)
+        for ticket in tickets:
+            self._release(ticket)
+            if not ticket.future.done():
+                ticket.future.set_exception(error)
+
+    async def _dispatch(self, batch: list[Ticket]) -> None:
+        """One engine call for ``batch`` on the executor; each request gets its slice (or the engine's error)."""
+        loop = asyncio.get_running_loop()
+        n_samples = batch[0].n_samples
+        started = time.perf_counter()
+        batch_seed = self._seeds.getrandbits(31)
+        seeds = [batch_seed if t.seed is None else t.seed for t in batch]
+        requests = [(t.texts, seed) for t, seed in zip(batch, seeds, strict=True)]
+        try:
+            outputs, engine_s = await loop.run_in_executor(self.executor, self._infer, requests, n_samples)
+        except Exception as error:  # the engine failed: every request in the batch gets the error
+            for ticket in batch:
                 if not ticket.future.done():
-                    ticket.future.set_result(
-                        Result(predictions, seed, started - ticket.enqueued, engine_s, n_texts, len(batch))
-                    )
+                    ticket.future.set_exception(error)
+            return
+        if len(outputs) != len(batch):
+            raise RuntimeError(f"model {self.engine.name} answered {len(outputs)} of {len(batch)} requests")
+        n_texts = sum(len(t.texts) for t in batch)
+        for ticket, seed, predictions in zip(batch, seeds, outputs, strict=True):
+            if not ticket.future.done():
+                ticket.future.set_result(
+                    Result(predictions, seed, started - ticket.enqueued, engine_s, n_texts, len(batch))
+                )
 
     def _infer(
         self, requests: list[tuple[Sequence[str], int]], n_samples: int

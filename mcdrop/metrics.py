@@ -7,7 +7,7 @@ that happen before any model is known (``not_ready``) carry ``model=""``.
 
     registry = CollectorRegistry()
     metrics = Metrics(registry)            # also registers the process/platform/gc collectors
-    metrics.add_model("rt-mlp", version="1", architecture="mlp", dropout_placement="after_input", baseline={})
+    metrics.add_model("rt-mlp", version="1", architecture="mlp", dropout_placement="after_embedding", baseline={})
     body = generate_latest(registry)       # what GET /metrics serves
 """
 

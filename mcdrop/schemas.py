@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from pydantic_core import ErrorDetails
 
-MAX_SEED = 2**63 - 1
+from mcdrop.engine import MAX_SEED as MAX_SEED  # the request's seed range is the engine's
 
 PREDICT_EXAMPLE_REQUEST: dict[str, Any] = {
     "texts": ["a gripping, beautifully acted drama", "the plot never makes sense"],

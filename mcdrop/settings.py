@@ -10,6 +10,7 @@ bad one fails with a message that names the variable and says how to fix it (see
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "MCDROP_"
 
-Device = Literal["auto", "cpu", "cuda"]
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 DType = Literal["float32", "float16", "bfloat16"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -39,7 +40,9 @@ class Settings(BaseSettings):
         default=None,
         description="Model used when a request names none. Unset: the only model, or requests must name one.",
     )
-    device: Device = Field(default="auto", description="Inference device: auto (cuda when available), cpu or cuda.")
+    device: str = Field(
+        default="auto", description="Inference device: auto (cuda when available), cpu, cuda or cuda:N (GPU N)."
+    )
     dtype: DType = Field(default="float32", description="Inference dtype: float32, float16 or bfloat16.")
     max_texts_per_request: int = Field(default=64, ge=1, le=100_000, description="Most texts one request may carry.")
     max_text_chars: int = Field(default=10_000, ge=1, description="Longest text accepted, in characters.")
@@ -59,6 +62,12 @@ class Settings(BaseSettings):
     )
     queue_limit: int = Field(
         default=1024, ge=1, description="Texts that may wait per model; beyond it requests get 503 + Retry-After."
+    )
+    queue_limit_rows: int = Field(
+        default=0,
+        ge=0,
+        description="Rows (texts x samples) that may wait per model; beyond it requests get 503 + Retry-After. "
+        "0: 64 full engine calls (64 x max_batch_rows), and at least one full-size request.",
     )
     request_timeout_s: float = Field(
         default=30.0, gt=0.0, description="Deadline for a prediction from arrival to answer; past it the answer is 504."
@@ -88,6 +97,13 @@ class Settings(BaseSettings):
     @classmethod
     def _lowercase(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE.fullmatch(value):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N with N a GPU index (got {value!r})")
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -121,7 +137,21 @@ class Settings(BaseSettings):
                 f"({self.max_texts_per_request}), so a full-size request could never be queued; "
                 "raise the queue limit or lower the per-request limit"
             )
+        largest = self.max_texts_per_request * self.max_n_samples
+        if 0 < self.queue_limit_rows < largest:
+            raise ValueError(
+                f"MCDROP_QUEUE_LIMIT_ROWS ({self.queue_limit_rows}) is below MCDROP_MAX_TEXTS_PER_REQUEST x "
+                f"MCDROP_MAX_N_SAMPLES ({self.max_texts_per_request} x {self.max_n_samples} = {largest}), so a "
+                "full-size request could never be queued; raise it, lower those limits, or set 0 for the default"
+            )
         return self
+
+    @property
+    def queue_rows(self) -> int:
+        """``queue_limit_rows``, or for 0 room for 64 full engine calls and at least one full-size request."""
+        if self.queue_limit_rows:
+            return self.queue_limit_rows
+        return max(64 * self.max_batch_rows, self.max_texts_per_request * self.max_n_samples)
 
     @property
     def inference_threads(self) -> int:
@@ -133,7 +163,7 @@ class Settings(BaseSettings):
 
     @property
     def api_key_bytes(self) -> tuple[bytes, ...]:
-        """The configured keys as bytes, ready for ``hmac.compare_digest``."""
+        """The configured keys as UTF-8 bytes."""
         return tuple(key.get_secret_value().encode() for key in self.api_keys)
 
 

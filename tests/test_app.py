@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ KEY = "test-key-0123456789"
 
 
 def _client(model_dir: Path, **overrides: Any) -> TestClient:
-    settings = Settings(model_dir=model_dir, warmup_passes=0, access_log=False, **overrides)
+    settings = Settings(**{"model_dir": model_dir, "warmup_passes": 0, "access_log": False, **overrides})
     return TestClient(create_app(settings, CollectorRegistry()), raise_server_exceptions=False)
 
 
@@ -195,6 +196,22 @@ def test_auth(model_dir: Path) -> None:
             assert client.get(open_path).status_code == 200, open_path
 
 
+def test_api_keys_are_compared_as_digests_of_one_length(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compared: list[tuple[int, int]] = []
+    compare_digest = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((len(a), len(b)))
+        return compare_digest(a, b)
+
+    monkeypatch.setattr("mcdrop.api_routes.hmac.compare_digest", spy)
+    with _client(model_dir, api_keys=f"other-key-abcdefghij,{KEY}") as client:
+        _wait_ready(client)
+        for sent in ("wrong", KEY, KEY + "-and-more"):  # the time taken must not depend on the sent key's length
+            client.get("/v1/models", headers={"authorization": f"Bearer {sent}"})
+    assert compared == [(32, 32)] * 6  # every configured key, every time
+
+
 def test_several_models_without_default_need_a_name(make_checkpoint: MakeCheckpoint) -> None:
     make_checkpoint("mlp", name="tiny-mlp")
     model_dir = make_checkpoint("gru", name="tiny-gru").parent
@@ -282,6 +299,55 @@ def test_unexpected_error_is_a_plain_500_logged_with_the_request_id(
     [record] = [r for r in caplog.records if r.exc_info]
     assert record.request_id == "req-42"  # type: ignore[attr-defined]
     assert "kaboom" in caplog.text
+
+
+def test_client_that_disconnects_mid_upload_is_a_499_not_an_error(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/predict",
+        "raw_path": b"/v1/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"), (b"content-length", b"100")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    incoming = [{"type": "http.request", "body": b'{"texts": ["half a', "more_body": True}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    assert client.portal is not None
+    with caplog.at_level(logging.INFO):
+        client.portal.call(client.app, scope, receive, send)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [499]
+    text = client.get("/metrics").text
+    assert 'mcdrop_requests_total{endpoint="/v1/predict",method="POST",status="4xx"} 1.0' in text
+    assert 'endpoint="/v1/predict",method="POST",status="5xx"' not in text
+
+
+def test_paths_cannot_forge_log_lines(model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    forged = "%0A2024-01-01 00:00:00,000 INFO mcdrop.access [-] forged"
+    with _client(model_dir, access_log=True) as client:
+        _wait_ready(client)
+        with caplog.at_level(logging.INFO, logger="mcdrop.access"):
+            assert client.post("/v1/predict" + forged, json={"texts": ["a"]}).status_code == 404
+            assert client.get("/v1/models/tiny-mlp" + forged).status_code == 404
+    unmatched, matched = [r.getMessage() for r in caplog.records if r.name == "mcdrop.access"]
+    assert "\n" not in unmatched and "\n" not in matched
+    assert unmatched.startswith('"POST /v1/predict\\n2024-01-01 00:00:00,000 INFO mcdrop.access [-] forged" 404 ')
+    assert matched.startswith('"GET /v1/models/{name}" 404 ')  # the route template, not what the client sent
 
 
 def test_openapi_documents_examples(client: TestClient) -> None:

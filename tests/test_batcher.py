@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
 import threading
 from collections.abc import Iterator, Sequence
@@ -72,6 +73,14 @@ async def _wait_until_engine_busy(engine: FakeEngine) -> None:
     raise AssertionError("the engine was never called")
 
 
+async def _wait_until_queued(batcher: Batcher, n_texts: int) -> None:
+    for _ in range(500):
+        if batcher.queued_texts == n_texts:
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError(f"{batcher.queued_texts} texts queued, expected {n_texts}")
+
+
 def test_concurrent_requests_with_equal_n_samples_share_one_engine_call(executor: ThreadPoolExecutor) -> None:
     gate = threading.Event()
     engine = FakeEngine(gate)
@@ -109,19 +118,19 @@ def test_merged_batch_stops_at_max_batch_rows(executor: ThreadPoolExecutor) -> N
     engine = FakeEngine(gate)
 
     async def main() -> None:
-        batcher = Batcher(engine, executor, BatchPolicy(max_batch_rows=30, max_wait_ms=0))
+        batcher = Batcher(engine, executor, BatchPolicy(max_batch_rows=40, max_wait_ms=0))
         batcher.start()
-        blocker = asyncio.ensure_future(batcher.predict(["x"], 10, 0, 10))
+        blocker = asyncio.ensure_future(batcher.predict(["x"], 10, 9, 10))
         await _wait_until_engine_busy(engine)
         tasks = [asyncio.ensure_future(batcher.predict(["t"] * 2, 10, i, 10)) for i in range(3)]
-        await asyncio.sleep(0.01)
+        await _wait_until_queued(batcher, 6)
         gate.set()
         await asyncio.gather(blocker, *tasks)
         await batcher.close()
 
     asyncio.run(main())
-    # 20 rows fit in 30; the next request (20 more) waits for the following batch
-    assert [len(reqs) for reqs, _ in engine.calls] == [1, 1, 1, 1]
+    # two requests of 20 rows fill 40; the third waits for the following batch
+    assert [[seed for _, seed in reqs] for reqs, _ in engine.calls] == [[9], [0, 1], [2]]
 
 
 def test_without_batching_each_request_is_one_engine_call(executor: ThreadPoolExecutor) -> None:
@@ -179,6 +188,30 @@ def test_full_queue_refuses_without_starting_anything(executor: ThreadPoolExecut
     assert all(texts != ["d", "e"] for reqs, _ in engine.calls for texts, _ in reqs)
 
 
+def test_queued_rows_are_limited_too(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    engine = FakeEngine(gate)
+
+    async def main() -> None:
+        batcher = Batcher(engine, executor, BatchPolicy(queue_limit=100, queue_limit_rows=50, max_wait_ms=0))
+        batcher.start()
+        blocker = asyncio.ensure_future(batcher.predict(["x"], 50, 0, 10))
+        await _wait_until_engine_busy(engine)
+        queued = asyncio.ensure_future(batcher.predict(["a", "b"], 20, 1, 10))
+        await _wait_until_queued(batcher, 2)
+        assert batcher.queued_rows == 40
+        with pytest.raises(Overloaded, match=r"40 rows \(texts x samples\) queued \(limit 50\)"):
+            batcher.submit(["c"], 20, 2, 10)  # one text, but 20 more rows
+        batcher.submit(["d"], 10, 3, 10)  # exactly at the limit is fine
+        gate.set()
+        await asyncio.gather(blocker, queued)
+        await batcher.close()
+        assert batcher.queued_rows == 0
+
+    asyncio.run(main())
+    assert all(texts != ["c"] for reqs, _ in engine.calls for texts, _ in reqs)
+
+
 def test_abandoned_and_expired_requests_are_skipped(executor: ThreadPoolExecutor) -> None:
     gate = threading.Event()
     engine = FakeEngine(gate)
@@ -203,6 +236,49 @@ def test_abandoned_and_expired_requests_are_skipped(executor: ThreadPoolExecutor
     asyncio.run(main())
     seen = [text for reqs, _ in engine.calls for texts, _ in reqs for text in texts]
     assert seen == ["x", "kept"]
+
+
+def test_request_expiring_in_its_batch_window_does_not_stop_the_worker(executor: ThreadPoolExecutor) -> None:
+    engine = FakeEngine()
+
+    async def main() -> None:
+        batcher = Batcher(engine, executor, BatchPolicy(max_wait_ms=50))
+        batcher.start()
+        batcher.submit(["x"], 10, 1, timeout_s=0.01)  # its deadline passes while its batch waits for partners
+        await asyncio.sleep(0.1)
+        assert batcher.running
+        result = await batcher.predict(["y"], 10, 2, 5)
+        assert [p["label"] for p in result.predictions] == ["y"]
+        assert batcher.running
+        await batcher.close()
+
+    asyncio.run(main())
+    assert engine.calls == [([(["y"], 2)], 10)]
+
+
+def test_unexpected_error_fails_only_its_batch(executor: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture) -> None:
+    class Forgetful(FakeEngine):
+        """The first call answers one request too few: a bug the worker must survive."""
+
+        def predict_many(self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int) -> list[list[Prediction]]:
+            results = super().predict_many(requests, n_samples)
+            return results[:-1] if len(self.calls) == 1 else results
+
+    async def main() -> None:
+        batcher = Batcher(Forgetful(), executor, BatchPolicy())
+        batcher.start()
+        with pytest.raises(RuntimeError, match="answered 0 of 1 requests"):
+            await batcher.predict(["a"], 5, 0, 5)
+        assert batcher.running
+        result = await batcher.predict(["b"], 5, 0, 5)
+        assert [p["label"] for p in result.predictions] == ["b"]
+        assert batcher.queued_texts == 0
+        await batcher.close()
+
+    with caplog.at_level(logging.ERROR, logger="mcdrop.batcher"):
+        asyncio.run(main())
+    [record] = [r for r in caplog.records if r.name == "mcdrop.batcher"]
+    assert record.getMessage() == "batch of model fake failed" and record.exc_info is not None
 
 
 def test_close_finishes_queued_work_and_refuses_new(executor: ThreadPoolExecutor) -> None:

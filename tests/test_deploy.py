@@ -11,6 +11,7 @@ every ``mcdrop_*`` metric (and label) that the Grafana dashboard and the alert r
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -223,6 +224,7 @@ def running_server(model_dir: Path, log_path: Path, ready_timeout_s: float = 90.
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "MCDROP_DEVICE": "cpu"},  # the same on a host with a GPU
         )
     server = Server(f"http://127.0.0.1:{port}", process)
     try:

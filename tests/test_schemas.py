@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from mcdrop.engine import Prediction
+from mcdrop.engine import MAX_SEED, Prediction
 from mcdrop.schemas import (
-    MAX_SEED,
     PREDICT_EXAMPLE_REQUEST,
     PREDICT_EXAMPLE_RESPONSE,
     InputError,

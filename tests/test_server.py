@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,10 +58,24 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def metric(self, name: str, labels: str = "") -> float:
-        text = httpx.get(self.url + "/metrics", timeout=10).text
-        pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" ([0-9.e+-]+)"
-        match = re.search(pattern, text)
-        return float(match.group(1)) if match else 0.0
+        return _metric_value(httpx.get(self.url + "/metrics", timeout=10).text, name, labels)
+
+
+def _metric_value(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" ([0-9.e+-]+)"
+    match = re.search(pattern, text)
+    return float(match.group(1)) if match else 0.0
+
+
+async def _poll_metrics(server: Server, done: Callable[[str], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Polls ``/metrics`` until ``done(text)``; fails after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=10) as probe:
+        while time.monotonic() < deadline:
+            if done((await probe.get(server.url + "/metrics")).text):
+                return
+            await asyncio.sleep(0.01)
+    raise AssertionError(f"{what} within {timeout_s:g}s")
 
 
 @contextmanager
@@ -69,6 +83,7 @@ def running_server(model_dir: Path, workdir: Path, *, wait_ready: bool = True, *
     """``mcdrop serve`` with the given settings (as MCDROP_* variables); always stopped."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCDROP_")}
+    env["MCDROP_DEVICE"] = "cpu"  # the timings these tests rely on are a CPU's, whatever the host has
     env.update({f"MCDROP_{k.upper()}": str(v) for k, v in settings.items()})
     log_path = workdir / f"server-{port}.log"
     with log_path.open("wb") as log:
@@ -263,20 +278,29 @@ def test_overload_answers_503_without_starting_work(slow_server: Server) -> None
 
 def test_client_that_disconnects_costs_no_engine_work(slow_server: Server) -> None:
     url = slow_server.url + "/v1/predict"
+    depth = ("mcdrop_queue_depth", 'model="slow-gru"')
     samples_before = slow_server.metric("mcdrop_mc_samples_total", 'model="slow-gru"')
+    busy_n_samples = (300, 299)  # never merged: whichever arrives first runs, the other waits behind it
 
-    async def scenario() -> httpx.Response:
+    async def scenario() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as client:
-            busy = asyncio.ensure_future(client.post(url, json={"texts": [LONG_TEXT] * 8, "n_samples": 300}))
-            await asyncio.sleep(0.02)
-            with pytest.raises(httpx.ReadTimeout):  # queued behind `busy`; the client gives up and disconnects
-                await client.post(url, json={"texts": [LONG_TEXT] * 8, "n_samples": 200}, timeout=0.05)
-            return await busy
+            busy = [
+                asyncio.ensure_future(client.post(url, json={"texts": [LONG_TEXT] * 4, "n_samples": n}))
+                for n in busy_n_samples
+            ]
+            # 4 texts queued: one request in the engine, the other waiting, whatever their order
+            await _poll_metrics(slow_server, lambda text: _metric_value(text, *depth) == 4, "the engine never got busy")
+            with pytest.raises(httpx.ReadTimeout):  # queued behind both; the client gives up and disconnects
+                await client.post(
+                    url, json={"texts": [LONG_TEXT] * 4, "n_samples": 200}, timeout=httpx.Timeout(None, read=0.05)
+                )
+            return list(await asyncio.gather(*busy))
 
-    assert asyncio.run(scenario()).status_code == 200
+    assert [r.status_code for r in asyncio.run(scenario())] == [200, 200]
     assert httpx.post(url, json={"texts": ["still serving"], "n_samples": 3}, timeout=30).status_code == 200
-    assert slow_server.metric("mcdrop_mc_samples_total", 'model="slow-gru"') - samples_before == 8 * 300 + 3
-    assert slow_server.metric("mcdrop_queue_depth", 'model="slow-gru"') == 0
+    samples = slow_server.metric("mcdrop_mc_samples_total", 'model="slow-gru"') - samples_before
+    assert samples == 4 * sum(busy_n_samples) + 3  # nothing for the request whose client went away
+    assert slow_server.metric(*depth) == 0
 
 
 def test_sigterm_finishes_requests_in_flight(tmp_path: Path) -> None:
@@ -286,18 +310,16 @@ def test_sigterm_finishes_requests_in_flight(tmp_path: Path) -> None:
     with running_server(tmp_path / "models", tmp_path, warmup_passes=0, max_batch_rows=800, max_wait_ms=0) as server:
         bodies = [{"texts": [LONG_TEXT] * 8, "n_samples": 100, "seed": i} for i in range(n_requests)]
 
+        def all_received(text: str) -> bool:
+            # queued (8 texts each) + answered batches, plus the one in the engine while any is queued
+            queued = _metric_value(text, "mcdrop_queue_depth", 'model="slow-gru"') / 8
+            answered = _metric_value(text, "mcdrop_batch_size_count", 'model="slow-gru"')
+            return queued >= 1 and queued + answered + 1 >= n_requests
+
         async def scenario() -> list[httpx.Response]:
             sending = asyncio.ensure_future(_post_all(server.url + "/v1/predict", bodies))
-            deadline = time.monotonic() + 30
-            async with httpx.AsyncClient(timeout=10) as probe:
-                while time.monotonic() < deadline:  # every request received: one in the engine, the rest queued
-                    text = (await probe.get(server.url + "/metrics")).text
-                    if f'mcdrop_queue_depth{{model="slow-gru"}} {8.0 * (n_requests - 1)}' in text:
-                        break
-                    await asyncio.sleep(0.05)
-                else:
-                    raise AssertionError("the requests never queued up")
-            server.process.send_signal(signal.SIGTERM)
+            await _poll_metrics(server, all_received, "the requests never queued up")
+            server.process.send_signal(signal.SIGTERM)  # with requests in the engine and still queued
             return await sending
 
         responses = asyncio.run(scenario())

@@ -53,7 +53,10 @@ def test_keyword_arguments_override_the_environment(monkeypatch: pytest.MonkeyPa
     ("values", "message"),
     [
         ({"port": 0}, "MCDROP_PORT (--port): Input should be greater than or equal to 1"),
-        ({"device": "tpu"}, "MCDROP_DEVICE (--device): Input should be 'auto', 'cpu' or 'cuda'"),
+        (
+            {"device": "tpu"},
+            "MCDROP_DEVICE (--device): must be auto, cpu, cuda or cuda:N with N a GPU index (got 'tpu')",
+        ),
         ({"max_wait_ms": -1}, "MCDROP_MAX_WAIT_MS (--max-wait-ms): Input should be greater than or equal to 0"),
         ({"request_timeout_s": 0}, "MCDROP_REQUEST_TIMEOUT_S (--request-timeout-s): Input should be greater than 0"),
         ({"api_keys": "short"}, "MCDROP_API_KEYS (--api-keys): each API key must be at least 16 printable"),
@@ -61,6 +64,12 @@ def test_keyword_arguments_override_the_environment(monkeypatch: pytest.MonkeyPa
             {"queue_limit": 10, "max_texts_per_request": 64},
             "MCDROP_QUEUE_LIMIT (10) is below MCDROP_MAX_TEXTS_PER_REQUEST (64), so a full-size request could "
             "never be queued; raise the queue limit or lower the per-request limit",
+        ),
+        (
+            {"queue_limit_rows": 1000, "max_texts_per_request": 64, "max_n_samples": 100},
+            "MCDROP_QUEUE_LIMIT_ROWS (1000) is below MCDROP_MAX_TEXTS_PER_REQUEST x MCDROP_MAX_N_SAMPLES "
+            "(64 x 100 = 6400), so a full-size request could never be queued; raise it, lower those limits, "
+            "or set 0 for the default",
         ),
         ({"unknown": 1}, "MCDROP_UNKNOWN"),
     ],
@@ -72,6 +81,26 @@ def test_invalid_values_name_the_variable_and_the_fix(values: dict[str, object],
         assert "Extra inputs are not permitted" in describe_errors(caught.value)
     else:
         assert message in describe_errors(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "device"),
+    [("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda"), ("cuda:1", "cuda:1"), ("CUDA:0", "cuda:0")],
+)
+def test_device_takes_what_the_engine_takes(value: str, device: str) -> None:
+    assert Settings(device=value).device == device
+
+
+@pytest.mark.parametrize("value", ["tpu", "cuda:", "cuda:x", "cuda:-1", "cuda1", "cpu:0", ""])
+def test_device_refuses_what_the_engine_refuses(value: str) -> None:
+    with pytest.raises(ValidationError, match="must be auto, cpu, cuda or cuda:N"):
+        Settings(device=value)
+
+
+def test_queued_rows_default_to_64_engine_calls_and_one_full_request() -> None:
+    assert Settings().queue_rows == 64 * 4096
+    assert Settings(max_batch_rows=16).queue_rows == 64 * 1000  # a full-size request still fits
+    assert Settings(queue_limit_rows=100_000).queue_rows == 100_000
 
 
 def test_secret_keys_are_not_echoed_in_errors() -> None:
@@ -101,6 +130,7 @@ def test_every_setting_has_a_flag_and_flags_override_env(monkeypatch: pytest.Mon
     assert settings.model_dir == Path("/srv/models")
     assert (settings.port, settings.batching, settings.device, settings.log_level) == (9100, False, "cpu", "debug")
     assert settings.max_wait_ms == 7  # not given as a flag: the environment stays in force
+    assert build_settings(_parse(["--device", "cuda:1"])).device == "cuda:1"
     assert len(settings.api_keys) == 2
     help_text = argparse.ArgumentParser()
     add_arguments(help_text)
