@@ -121,3 +121,16 @@ def test_weight_dropout_with_several_seeds_and_sample_chunks(make_checkpoint: Ma
     merged = engine.predict_many(requests, n_samples=7)
     for result, (texts, seed) in zip(merged, requests, strict=True):
         assert_predictions_close(result, engine.predict(texts, n_samples=7, seed=seed))
+
+
+def test_recurrent_tails_on_the_cpu_run_in_cache_sized_passes(make_checkpoint: MakeCheckpoint) -> None:
+    from mcdrop.engine import CPU_RECURRENT_PASS_ROWS
+
+    gru = MCEngine(load_checkpoint(make_checkpoint("gru")), device="cpu", max_batch_rows=8192)
+    assert gru.pass_rows == CPU_RECURRENT_PASS_ROWS
+    after = MCEngine(
+        load_checkpoint(make_checkpoint("gru", name="after", input_dropout_p=0.0)), device="cpu", max_batch_rows=8192
+    )
+    assert after.pass_rows == 8192  # the recurrence runs once per text: no reason to cut the tail
+    mlp = MCEngine(load_checkpoint(make_checkpoint("mlp")), device="cpu", max_batch_rows=8192)
+    assert mlp.pass_rows == 8192
