@@ -79,6 +79,7 @@ class TrainOptions:
     output_dropout: float = 0.5
     lr: float = 2e-3
     weight_decay: float = 0.0
+    lr_decay: float = 1.0
     batch_size: int = 64
     epochs: int = 20
     patience: int = 3
@@ -99,6 +100,8 @@ class TrainOptions:
         for flag, number in self._positive().items():
             if number <= 0:
                 raise ConfigError(f"{flag} must be greater than 0 (got {number})")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ConfigError(f"--lr-decay must be in (0, 1] (got {self.lr_decay})")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be at least 0 (got {self.weight_decay})")
         if self.architecture == "mlp" and len(self.dropout_p) != len(self.hidden_dims) + 1:
@@ -214,7 +217,7 @@ class _EarlyStopping:
 def fit_model(
     model: DropoutMLP | DropoutGRU,
     train_ids: list[list[int]],
-    train_labels: Sequence[int],
+    train_labels: Sequence[int] | Tensor,
     val_ids: list[list[int]],
     val_labels: Sequence[int],
     options: TrainOptions,
@@ -226,7 +229,9 @@ def fit_model(
     generator = torch.Generator().manual_seed(options.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=options.weight_decay)
-    targets, val_targets = torch.tensor(train_labels), torch.tensor(val_labels)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=options.lr_decay)
+    # Targets are label ids (N,) or class probabilities (N, C) (soft targets); cross_entropy takes either.
+    targets, val_targets = torch.as_tensor(train_labels), torch.tensor(val_labels)
     lengths = [len(i) for i in train_ids]
     history, stopper, start = History(), _EarlyStopping(model, options.patience), time.perf_counter()
     for epoch in range(1, options.epochs + 1):
@@ -259,6 +264,7 @@ def fit_model(
                     break
         if stop:
             break
+        schedule.step()
     model.load_state_dict(stopper.best_state)
     model.eval()
     history.seconds = time.perf_counter() - start
@@ -458,7 +464,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--freeze-embeddings", action="store_true", help="do not train the embedding table")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--lr", type=float, default=d.lr)
-    opt.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    opt.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decoupled weight decay")
+    opt.add_argument("--lr-decay", type=float, default=d.lr_decay, help="learning rate factor applied each epoch")
     opt.add_argument("--batch-size", type=int, default=d.batch_size)
     opt.add_argument("--epochs", type=int, default=d.epochs)
     opt.add_argument("--patience", type=int, default=d.patience, help="validation checks without a better NLL")
