@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,3 +91,15 @@ def assert_predictions_close(
                 assert a_dict[key] == pytest.approx(value, rel=rel, abs=abs_), key
             else:
                 assert a_dict[key] == value, key
+
+
+def stop_process(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
+    """SIGTERM a server started by a test, wait for a graceful exit, and kill it if it does not come."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import MakeCheckpoint
+from conftest import MakeCheckpoint, stop_process
 from mcdrop.metrics import BASELINE_STATISTICS
 from mcdrop.settings import Settings, env_name
 
@@ -242,12 +242,7 @@ def running_server(model_dir: Path, log_path: Path, ready_timeout_s: float = 90.
             time.sleep(0.2)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
 
 
 def predict(server: Server, texts: list[str], seed: int = 0) -> dict[str, object]:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from test_deploy import ALERTS, dashboard_queries, free_port, http, predict, running_server, variable_queries
 
-from conftest import MakeCheckpoint
+from conftest import MakeCheckpoint, stop_process
 
 PROMETHEUS = shutil.which("prometheus")
 POLL_TIMEOUT_S = 30.0
@@ -63,12 +63,7 @@ def running_prometheus(target: str, workdir: Path) -> Iterator[str]:
         wait_for(lambda: ready(url), f"Prometheus ready at {url}", process, log_path)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
 
 
 def ready(url: str) -> bool:

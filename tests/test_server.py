@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import assert_predictions_close, write_tiny_checkpoint
+from conftest import assert_predictions_close, stop_process, write_tiny_checkpoint
 
 KEY = "server-test-key-0123456789"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -101,13 +101,7 @@ def running_server(model_dir: Path, workdir: Path, *, wait_ready: bool = True, *
             wait_ready_(server)
         yield server
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_process(process, grace_s=20)
 
 
 def _wait_listening(server: Server) -> None:
