@@ -91,6 +91,9 @@ def save_checkpoint(
     tmp = path / (WEIGHTS_FILE + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt", "architecture": model.architecture})
     os.replace(tmp, path / WEIGHTS_FILE)
+    # safetensors creates its file owner-only (0600); a checkpoint is data other users (a container's non-root
+    # user) must read, like the JSON files beside it.
+    (path / WEIGHTS_FILE).chmod(0o644)
     _write_atomic(path / VOCAB_FILE, json.dumps(encoder.to_json(), ensure_ascii=False))
     _write_atomic(path / CONFIG_FILE, json.dumps(full, indent=2, ensure_ascii=False) + "\n")
     logger.info("saved checkpoint %s to %s", full["name"], path)

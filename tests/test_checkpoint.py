@@ -117,3 +117,10 @@ def test_impossible_sizes_are_named(make_checkpoint: MakeCheckpoint) -> None:
     (path / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=rf"{CONFIG_FILE}: invalid mlp parameters"):
         load_checkpoint(path)
+
+
+def test_weights_are_as_readable_as_the_json_files(make_checkpoint: MakeCheckpoint) -> None:
+    """safetensors creates owner-only files; the weights must be readable wherever config.json is."""
+    path = make_checkpoint()
+    json_readers = (path / CONFIG_FILE).stat().st_mode & 0o044
+    assert (path / WEIGHTS_FILE).stat().st_mode & json_readers == json_readers
