@@ -30,9 +30,10 @@ lint: install
 	$(BIN)/ruff check mcdrop tests benchmarks
 	$(BIN)/ruff format --check mcdrop tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 models: install
-	$(BIN)/python -m mcdrop.train_all --out $(MODEL_DIR)
+	$(BIN)/python -m mcdrop.training.recipe --out $(MODEL_DIR)
 
 bench: install
 	$(BIN)/python benchmarks/bench_engine.py

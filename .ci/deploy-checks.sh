@@ -7,7 +7,7 @@
 #   VENV=/path/to/venv bash .ci/deploy-checks.sh
 #
 # Installs what is missing: the Python tools into the virtual environment, and Debian's prometheus package
-# (promtool, and the prometheus binary that tests/test_prometheus.py starts) when promtool is not on PATH.
+# (promtool, and the prometheus binary that tests/e2e/test_prometheus.py starts) when promtool is not on PATH.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

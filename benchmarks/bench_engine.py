@@ -27,10 +27,11 @@ from typing import Any
 
 import torch
 
-from mcdrop.checkpoint import Checkpoint, load_checkpoint
-from mcdrop.dropout import MaskSampler, MCDropout
-from mcdrop.engine import MCEngine
-from mcdrop.models import DropoutGRU, ModelInput
+from mcdrop.core.checkpoint import Checkpoint, load_checkpoint
+from mcdrop.core.contract import ModelInput
+from mcdrop.core.dropout import MaskSampler, MCDropout
+from mcdrop.core.engine import MCEngine
+from mcdrop.core.gru import DropoutGRU
 
 
 def timeit(fn: Callable[[], Any], repeats: int) -> float:

@@ -23,13 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,9 +35,10 @@ from typing import Any
 import httpx
 import torch
 
-from mcdrop.checkpoint import save_checkpoint
-from mcdrop.models import build_model
-from mcdrop.text import TextEncoder
+from mcdrop.core.checkpoint import save_checkpoint
+from mcdrop.core.registry import build_model
+from mcdrop.core.text import TextEncoder
+from mcdrop.serving.launch import ServerStartError, start_server
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = [
@@ -226,43 +223,6 @@ async def drive(
     return run
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_server(
-    model_dir: Path, batching: bool, extra_env: dict[str, str], log_path: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    script = Path(sys.executable).with_name("mcdrop")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "mcdrop"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MCDROP_")}
-    env.update({"MCDROP_BATCHING": str(batching).lower(), "MCDROP_ACCESS_LOG": "false", **extra_env})
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit("server not ready within 120s")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=REPO / "models")
@@ -297,7 +257,12 @@ def main() -> int:
 
     results: dict[tuple[str, bool, int], Run] = {}
     for batching in (True, False):
-        process, url = start_server(model_dir, batching, extra_env, workdir / f"server-{batching}.log")
+        env = {"MCDROP_BATCHING": str(batching).lower(), "MCDROP_ACCESS_LOG": "false", **extra_env}
+        try:
+            server = start_server(model_dir, workdir / f"server-{batching}.log", env)
+        except ServerStartError as error:
+            raise SystemExit(str(error)) from None
+        url = server.url
         try:
             for name in names:
                 for n_clients in clients:
@@ -314,8 +279,7 @@ def main() -> int:
                         flush=True,
                     )
         finally:
-            process.terminate()
-            process.wait(timeout=60)
+            server.stop(grace_s=60)
 
     print(f"\nbatching on/off throughput ratio (N={args.n_samples}, one text per request):")
     for name in names:

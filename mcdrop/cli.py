@@ -1,4 +1,7 @@
-"""The ``mcdrop`` command line: ``train``, ``predict``, ``eval`` and ``serve``.
+"""The ``mcdrop`` command line: a dispatcher to ``train``, ``predict``, ``eval`` and ``serve``.
+
+Each subcommand lives in the layer it belongs to (``mcdrop.training.train``, ``mcdrop.serving.predict_command``,
+``mcdrop.training.evaluate``, ``mcdrop.serving.serve``); only the module of the command being run is imported.
 
 Every user error (bad flag value, missing or corrupt checkpoint, unreadable input) ends with one line on
 stderr saying what is wrong and how to fix it, and exit status 2; never a traceback.
@@ -8,145 +11,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
-from typing import TextIO
+from collections.abc import Sequence
 
 from mcdrop import __version__
-from mcdrop.errors import McdropError
+from mcdrop.core.errors import McdropError
 
 logger = logging.getLogger(__name__)
 
 # Subcommands implemented in their own modules: each has add_arguments(parser) and run(args) -> int.
 DELEGATED = {
-    "train": ("mcdrop.train", "train a model and write a checkpoint directory"),
-    "eval": ("mcdrop.evaluation", "evaluate a checkpoint: accuracy, NLL, Brier, ECE, selective prediction, OOD"),
-    "serve": ("mcdrop.app", "serve every checkpoint under a model directory over HTTP"),
+    "train": ("mcdrop.training.train", "train a model and write a checkpoint directory"),
+    "predict": ("mcdrop.serving.predict_command", "MC predictions for texts, one JSON object per line"),
+    "eval": ("mcdrop.training.evaluate", "evaluate a checkpoint: accuracy, NLL, Brier, ECE, selective prediction, OOD"),
+    "serve": ("mcdrop.serving.serve", "serve every checkpoint under a model directory over HTTP"),
 }
-
-
-def positive_int(value: str) -> int:
-    """argparse type: an integer ≥ 1, with a message that names the rule."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
-def non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {number}")
-    return number
-
-
-def probability(value: str) -> float:
-    """argparse type: a float in [0, 1]."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability, got {value!r}") from None
-    if not 0.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {number}")
-    return number
-
-
-def _json_text(line: str) -> str | None:
-    """The ``text`` field of a JSON object line, or None if the line is not such an object."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return record["text"] if isinstance(record, dict) and isinstance(record.get("text"), str) else None
-
-
-def _read_texts(stream: TextIO, source: str, fmt: str) -> Iterator[str]:
-    """Texts from ``stream``: one per line (``text``), or the ``text`` field of each JSON line (``jsonl``).
-
-    ``auto`` decides on the first line: JSONL if it is a JSON object with a string ``text``, plain text otherwise,
-    so a plain line such as ``{spoiler} great ending`` is read as text.
-    """
-    for number, raw in enumerate(stream, start=1):
-        line = raw.rstrip("\r\n")
-        if fmt == "auto":
-            fmt = "jsonl" if _json_text(line) is not None else "text"
-        if fmt == "text":
-            yield line
-            continue
-        if not line.strip():
-            continue  # blank lines between JSON records carry nothing
-        text = _json_text(line)
-        if text is None:
-            raise McdropError(f'{source}:{number}: expected a JSON object with a string field "text" (--format jsonl)')
-        yield text
-
-
-def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for text in texts:
-        batch.append(text)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    from mcdrop.engine import load_engine, random_seed
-
-    engine = load_engine(args.checkpoint, device=args.device, max_batch_rows=args.max_batch_rows)
-    n_samples = args.n_samples or engine.default_n_samples
-    seed = random_seed() if args.seed is None else args.seed
-    if args.seed is None:
-        logger.info("no --seed given: using seed %d (pass it to reproduce this output)", seed)
-    source = "<stdin>" if args.input == "-" else args.input
-    try:
-        stream: TextIO = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
-    except OSError as error:
-        raise McdropError(f"cannot read input file {source}: {error.strerror}") from error
-    try:
-        fmt = args.format
-        if fmt == "auto" and source.endswith((".jsonl", ".ndjson")):
-            fmt = "jsonl"
-        for batch in _batches(_read_texts(stream, source, fmt), args.batch_size):
-            for prediction in engine.predict(batch, n_samples=n_samples, seed=seed):
-                sys.stdout.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + "\n")
-    except UnicodeDecodeError as error:
-        raise McdropError(f"{source}: not valid UTF-8 text ({error.reason})") from error
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
-    return 0
-
-
-def _add_predict(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("predict", help="MC predictions for texts, one JSON object per line")
-    parser.add_argument("checkpoint", help="checkpoint directory (e.g. models/rt-mlp)")
-    parser.add_argument(
-        "--input", default="-", help="file with one text per line, or JSONL with a 'text' field; - is stdin"
-    )
-    parser.add_argument(
-        "--format",
-        choices=["auto", "text", "jsonl"],
-        default="auto",
-        help="text: one text per line; jsonl: a JSON object with a 'text' field per line; auto: .jsonl/.ndjson "
-        "files, or a first line that is such an object, are JSONL (default)",
-    )
-    parser.add_argument("--n-samples", type=positive_int, default=None, help="MC samples (default: the model's)")
-    parser.add_argument("--seed", type=non_negative_int, default=None, help="seed; the same seed reproduces exactly")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--batch-size", type=positive_int, default=256, help="texts read per engine call")
-    parser.add_argument("--max-batch-rows", type=positive_int, default=4096, help="rows (texts x samples) per pass")
-    parser.set_defaults(handler=run_predict)
 
 
 def _requested_command(argv: Sequence[str]) -> str | None:
@@ -173,7 +53,6 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
             module = importlib.import_module(module_name)
             module.add_arguments(sub)
             sub.set_defaults(handler=module.run)
-    _add_predict(subparsers)
     return parser
 
 

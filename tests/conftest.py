@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from mcdrop.checkpoint import save_checkpoint
-from mcdrop.models import build_model
-from mcdrop.text import TextEncoder
+from mcdrop.core.checkpoint import save_checkpoint
+from mcdrop.core.registry import build_model
+from mcdrop.core.text import TextEncoder
 
 TINY_CORPUS = [
     "a wonderful moving film with great acting",
@@ -25,7 +24,7 @@ TINY_CORPUS = [
 
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "mlp": {"embed_dim": 16, "hidden_dims": [16], "dropout_p": [0.3, 0.3]},
-    "gru": {"embed_dim": 8, "hidden_dim": 8, "input_dropout_p": 0.2, "output_dropout_p": 0.3, "max_len": 32},
+    "gru": {"embed_dim": 8, "hidden_dim": 8, "input_dropout_p": 0.2, "output_dropout_p": 0.3, "max_tokens": 32},
 }
 
 MakeCheckpoint = Callable[..., Path]
@@ -43,7 +42,7 @@ def write_tiny_checkpoint(
     torch.manual_seed(seed)
     params = {**DEFAULT_PARAMS[architecture], **model_params}
     encoder = TextEncoder.fit(
-        TINY_CORPUS, max_size=200, ngram_max=2 if architecture == "mlp" else 1, max_tokens=params.get("max_len", 32)
+        TINY_CORPUS, max_size=200, ngram_max=2 if architecture == "mlp" else 1, max_tokens=params.get("max_tokens", 32)
     )
     model = build_model(architecture, len(encoder.vocab), len(labels), params)
     config = {
@@ -91,15 +90,3 @@ def assert_predictions_close(
                 assert a_dict[key] == pytest.approx(value, rel=rel, abs=abs_), key
             else:
                 assert a_dict[key] == value, key
-
-
-def stop_process(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
-    """SIGTERM a server started by a test, wait for a graceful exit, and kill it if it does not come."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)

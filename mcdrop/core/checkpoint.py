@@ -1,0 +1,181 @@
+"""Checkpoint directories: ``config.json`` + ``model.safetensors`` + ``vocab.json``, loaded without pickle.
+
+``config.json`` describes everything needed to rebuild the model alone: architecture and its parameters,
+labels, tokenizer settings, default number of MC samples, temperature, how it was trained and how it scored,
+and the uncertainty baseline measured at training time (for drift alerts). Training writes checkpoints;
+serving reads them; the two share nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from mcdrop.core.contract import MCModel
+from mcdrop.core.errors import CheckpointError, ConfigError
+from mcdrop.core.registry import MODEL_CLASSES, build_model
+from mcdrop.core.text import TextEncoder
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+VOCAB_FILE = "vocab.json"
+REQUIRED_KEYS = ("name", "version", "architecture", "labels", "model_params")
+DEFAULT_N_SAMPLES = 50
+DEFAULT_TEMPERATURE = 1.0
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: its directory, configuration, model (in eval mode) and text encoder."""
+
+    path: Path
+    config: dict[str, Any]
+    model: MCModel
+    encoder: TextEncoder
+
+    @property
+    def name(self) -> str:
+        return str(self.config["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.config["version"])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.config["labels"])
+
+    @property
+    def default_n_samples(self) -> int:
+        return int(self.config.get("default_n_samples", DEFAULT_N_SAMPLES))
+
+    @property
+    def temperature(self) -> float:
+        return float(self.config.get("temperature", DEFAULT_TEMPERATURE))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str], model: MCModel, encoder: TextEncoder, config: dict[str, Any]
+) -> Path:
+    """Write ``model``, ``encoder`` and ``config`` (which must hold name, version, labels, model_params)."""
+    if model.architecture not in MODEL_CLASSES:
+        raise ConfigError(
+            f"cannot save a {type(model).__name__}: its architecture {model.architecture!r} is not registered "
+            f"({', '.join(sorted(MODEL_CLASSES))})"
+        )
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    full = {
+        "format_version": FORMAT_VERSION,
+        "architecture": model.architecture,
+        "dropout_placement": model.dropout_placement,
+        "default_n_samples": DEFAULT_N_SAMPLES,
+        "temperature": DEFAULT_TEMPERATURE,
+        **config,
+    }
+    missing = [k for k in REQUIRED_KEYS if k not in full]
+    if missing:
+        raise ConfigError(f"checkpoint config is missing {', '.join(missing)}")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path / (WEIGHTS_FILE + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt", "architecture": model.architecture})
+    os.replace(tmp, path / WEIGHTS_FILE)
+    # safetensors creates its file owner-only (0600); a checkpoint is data other users (a container's non-root
+    # user) must read, like the JSON files beside it.
+    (path / WEIGHTS_FILE).chmod(0o644)
+    _write_atomic(path / VOCAB_FILE, json.dumps(encoder.to_json(), ensure_ascii=False))
+    _write_atomic(path / CONFIG_FILE, json.dumps(full, indent=2, ensure_ascii=False) + "\n")
+    logger.info("saved checkpoint %s to %s", full["name"], path)
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file is missing from the checkpoint directory")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: cannot read JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _validate_config(config: dict[str, Any], source: Path) -> None:
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise CheckpointError(f"{source}: missing key(s) {', '.join(missing)}")
+    if config.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise CheckpointError(f"{source}: format_version {config['format_version']} is not {FORMAT_VERSION}")
+    labels = config["labels"]
+    if (
+        not isinstance(labels, list)
+        or len(labels) < 2
+        or not all(isinstance(label, str) and label for label in labels)
+        or len(set(labels)) != len(labels)
+    ):
+        raise CheckpointError(f"{source}: labels must be a list of at least two distinct non-empty strings")
+    if not isinstance(config["model_params"], dict):
+        raise CheckpointError(f"{source}: model_params must be an object")
+    n_samples = config.get("default_n_samples", DEFAULT_N_SAMPLES)
+    if not isinstance(n_samples, int) or n_samples < 1:
+        raise CheckpointError(f"{source}: default_n_samples must be a positive integer (got {n_samples!r})")
+    temperature = config.get("temperature", DEFAULT_TEMPERATURE)
+    if not isinstance(temperature, int | float) or not temperature > 0:
+        raise CheckpointError(f"{source}: temperature must be a positive number (got {temperature!r})")
+
+
+def load_checkpoint(directory: str | os.PathLike[str], device: str = "cpu") -> Checkpoint:
+    """Load a checkpoint directory; any missing or corrupt file raises :class:`CheckpointError` naming it."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory (expected {CONFIG_FILE}, {WEIGHTS_FILE})")
+    config = _read_json(path / CONFIG_FILE)
+    _validate_config(config, path / CONFIG_FILE)
+    encoder = TextEncoder.from_json(_read_json(path / VOCAB_FILE), source=str(path / VOCAB_FILE))
+    try:
+        model = build_model(config["architecture"], len(encoder.vocab), len(config["labels"]), config["model_params"])
+    except ConfigError as error:
+        raise CheckpointError(f"{path / CONFIG_FILE}: {error}") from error
+    problem = model.check_encoder(encoder.ngram_max, encoder.max_tokens)
+    if problem is not None:
+        raise CheckpointError(f"{path / VOCAB_FILE}: {problem}")
+    weights_path = path / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path}: file is missing from the checkpoint directory")
+    try:
+        state = load_file(str(weights_path), device=device)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{weights_path}: corrupt or unreadable safetensors file ({error})") from error
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # shape or key mismatch, the only RuntimeError load_state_dict raises
+        raise CheckpointError(f"{weights_path}: weights do not match {CONFIG_FILE} ({error})") from error
+    model.to(device).eval()
+    return Checkpoint(path=path, config=config, model=model, encoder=encoder)
+
+
+def discover_checkpoints(model_dir: str | os.PathLike[str]) -> list[Path]:
+    """Every checkpoint directory in ``model_dir`` (itself, or its immediate subdirectories), sorted."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: model directory does not exist")
+    if (root / CONFIG_FILE).is_file():
+        return [root]
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / CONFIG_FILE).is_file())

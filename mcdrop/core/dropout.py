@@ -1,0 +1,178 @@
+"""Dropout layers whose Monte Carlo sampling is switched on explicitly, independent of ``model.train()``.
+
+Three regimes, decided per call:
+
+* training (``module.training`` and no sampler): inverted dropout with a fresh mask per element,
+* Monte Carlo (a :class:`MaskSampler` is passed): ``S`` masks, one per sample, shared by every input of a
+  seed group, so sample ``s`` is one sampled network applied to all inputs (Gal & Ghahramani, 2016),
+* otherwise (eval, no sampler): the identity.
+
+Every other layer stays in whatever mode the model is in, so BatchNorm/LayerNorm statistics stay frozen
+during MC inference. Masks are drawn on the CPU from per-seed generators and moved to the device, so the same
+seed gives the same masks on every device and whatever other inputs share the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mcdrop.core.errors import ConfigError
+
+
+def check_probability(name: str, p: float) -> float:
+    """Return ``p`` as a float, or raise :class:`ConfigError` naming the parameter if it is outside [0, 1]."""
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"{name} must be a probability in [0, 1] (got {p})")
+    return p
+
+
+def inverted_dropout_mask(
+    shape: Sequence[int], p: float, generator: torch.Generator | None = None, device: torch.device | None = None
+) -> Tensor:
+    """A float mask of ``shape`` whose entries are 0 with probability ``p`` and ``1/(1-p)`` otherwise.
+
+    ``p = 1`` gives all zeros (never a division by zero), ``p = 0`` all ones.
+    """
+    if p >= 1.0:
+        return torch.zeros(tuple(shape), device=device)
+    if p <= 0.0:
+        return torch.ones(tuple(shape), device=device)
+    keep = torch.rand(tuple(shape), generator=generator, device=device) >= p
+    return keep.to(torch.float32) * (1.0 / (1.0 - p))
+
+
+class MaskSampler:
+    """Draws the dropout masks of one Monte Carlo pass over a batch of inputs.
+
+    ``seeds`` holds one seed per group of inputs (a request); ``groups`` maps each of the ``B`` inputs to its
+    group. Masks depend only on (seed, layer order, sample index), never on the batch, which makes a request's
+    answer independent of what it is batched with.
+
+    A forward pass calls :meth:`keep` once per stochastic layer, in a fixed order. The engine may split the
+    ``n_samples`` samples into chunks: :meth:`start_pass` selects a sample range and restarts the layer count;
+    masks are drawn once for all samples and sliced, so chunking never changes a mask.
+    """
+
+    def __init__(
+        self,
+        n_samples: int,
+        seeds: Sequence[int],
+        groups: Tensor | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if n_samples < 1:
+            raise ConfigError(f"n_samples must be at least 1 (got {n_samples})")
+        if not seeds:
+            raise ConfigError("MaskSampler needs at least one seed")
+        if len(seeds) > 1 and groups is None:
+            raise ConfigError("several seeds need a group index for every input")
+        self.n_samples = n_samples
+        self.seeds = [int(s) for s in seeds]
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.groups = None if groups is None else groups.to(self.device)
+        self._generators = [torch.Generator().manual_seed(s) for s in self.seeds]
+        self._cache: list[Tensor] = []  # one (G, S, *shape) mask per layer call, in call order
+        self._calls = 0
+        self._samples = slice(0, n_samples)
+
+    @property
+    def samples_in_pass(self) -> int:
+        """Number of samples ``S`` in the current pass (the leading dimension of every mask)."""
+        start, stop, _ = self._samples.indices(self.n_samples)
+        return stop - start
+
+    def start_pass(self, samples: slice | None = None) -> None:
+        """Begin a forward pass over the sample range ``samples`` (all samples by default)."""
+        self._samples = slice(0, self.n_samples) if samples is None else samples
+        self._calls = 0
+
+    def group_masks(self, p: float, shape: Sequence[int]) -> Tensor:
+        """Scaled keep-masks of the next layer for each seed group: ``(G, S, *shape)``.
+
+        For layers that cannot broadcast one mask over a batch (weight dropout); :meth:`keep` is the usual entry.
+        """
+        index = self._calls
+        self._calls += 1
+        if index == len(self._cache):
+            # (G, S, *shape): drawn once for every sample, so sample chunks slice the same masks.
+            masks = torch.stack([inverted_dropout_mask((self.n_samples, *shape), p, g) for g in self._generators])
+            self._cache.append(masks.to(device=self.device, dtype=self.dtype))
+        masks = self._cache[index][:, self._samples]
+        if masks.shape[2:] != tuple(shape):
+            raise RuntimeError(f"mask {index} was drawn for shape {tuple(masks.shape[2:])}, asked {tuple(shape)}")
+        return masks
+
+    def keep(self, p: float, shape: Sequence[int]) -> Tensor:
+        """Scaled keep-mask for one layer: ``(S, B, *shape)``, or ``(S, 1, *shape)`` with a single group.
+
+        ``shape`` is the feature shape after the batch axis, with 1 on axes the mask is shared along.
+        """
+        masks = self.group_masks(p, shape)
+        if self.groups is None:
+            return masks[0].unsqueeze(1)  # (S, 1, *shape)
+        return masks.index_select(0, self.groups).transpose(0, 1)  # (G,S,..)->(B,S,..)->(S,B,..)
+
+
+class MCDropout(nn.Module):
+    """Inverted dropout with optional mask sharing along feature axes.
+
+    Args:
+        p: drop probability in [0, 1].
+        shared_axes: axes of the per-input feature shape (0 is the first axis after the batch axis) along which
+            one mask value is shared, e.g. ``(0,)`` on a ``(B, T, E)`` sequence gives the same mask at every
+            time step ("locked"/variational dropout).
+
+    In MC mode the input has a leading sample axis: ``(S, B, *features)``.
+    """
+
+    def __init__(self, p: float, shared_axes: Sequence[int] = ()) -> None:
+        super().__init__()
+        self.p = check_probability("dropout p", p)
+        self.shared_axes = tuple(shared_axes)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, shared_axes={self.shared_axes}"
+
+    def _mask_shape(self, features: Sequence[int]) -> tuple[int, ...]:
+        return tuple(1 if axis in self.shared_axes else size for axis, size in enumerate(features))
+
+    def forward(self, x: Tensor, sampler: MaskSampler | None = None) -> Tensor:
+        if sampler is not None:
+            if self.p == 0.0:
+                return x
+            return x * sampler.keep(self.p, self._mask_shape(x.shape[2:]))
+        if not self.training or self.p == 0.0:
+            return x
+        mask = inverted_dropout_mask((x.shape[0], *self._mask_shape(x.shape[1:])), self.p, device=x.device)
+        return x * mask.to(x.dtype)
+
+
+class WordDropout(MCDropout):
+    """Embedding dropout that removes whole word vectors: on ``(B, T, E)`` one mask value per token.
+
+    Dropped tokens become zero vectors; survivors are scaled by ``1/(1-p)`` like any inverted dropout.
+    """
+
+    def __init__(self, p: float, max_tokens: int) -> None:
+        super().__init__(p, shared_axes=(1,))
+        self.max_tokens = max_tokens
+
+    def forward(self, x: Tensor, sampler: MaskSampler | None = None) -> Tensor:
+        if sampler is None or self.p == 0.0:
+            return super().forward(x, sampler)
+        length = x.shape[2]  # x: (S, B, T, E)
+        if length > self.max_tokens:
+            raise ValueError(f"sequence of {length} tokens exceeds max_tokens={self.max_tokens}")
+        # Masks are drawn for max_tokens positions and sliced, so they do not depend on the batch's padding.
+        return x * sampler.keep(self.p, (self.max_tokens, 1))[:, :, :length]
+
+
+def has_active_dropout(model: nn.Module) -> bool:
+    """True if ``model`` has at least one MC-capable dropout layer with ``p > 0``."""
+    return any(isinstance(module, MCDropout) and module.p > 0.0 for module in model.modules())

@@ -1,0 +1,187 @@
+"""GRU text classifier with Monte Carlo dropout.
+
+Embedding → word/locked dropout → GRU → max+mean pooling → dropout → Linear.
+
+Where the dropout sits is a trade-off the checkpoint reports as ``dropout_placement``: before the recurrence, N
+samples cost ~N GRU passes on a CPU; only after it, ~1 pass (the GRU is then part of the deterministic prefix), but
+the samples see the same recurrent features and the uncertainty is poorer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from mcdrop.core.contract import ModelInput, expand_samples
+from mcdrop.core.dropout import (
+    MaskSampler,
+    MCDropout,
+    WordDropout,
+    check_probability,
+    has_active_dropout,
+    inverted_dropout_mask,
+)
+from mcdrop.core.errors import ConfigError
+
+
+class DropoutGRU(nn.Module):
+    """GRU text classifier: embedding → word/locked dropout → GRU → max+mean pooling → dropout → Linear.
+
+    Args:
+        word_dropout_p: drop whole tokens (their embedding vectors).
+        input_dropout_p: locked dropout on embeddings, one mask for every time step (keeps the fused GRU kernel).
+        weight_dropout_p: DropConnect on the recurrent weight matrices; in MC mode each sample needs its own
+            weights, so N samples cost N GRU passes on any device.
+        output_dropout_p: dropout on the pooled features before the classifier.
+        max_tokens: longest token sequence accepted (the encoder's ``max_tokens``).
+    """
+
+    architecture = "gru"
+
+    def __init__(
+        self,
+        vocab_size: int,
+        n_classes: int,
+        embed_dim: int = 128,
+        hidden_dim: int = 128,
+        num_layers: int = 1,
+        bidirectional: bool = True,
+        word_dropout_p: float = 0.0,
+        input_dropout_p: float = 0.0,
+        weight_dropout_p: float = 0.0,
+        output_dropout_p: float = 0.5,
+        max_tokens: int = 256,
+    ) -> None:
+        super().__init__()
+        if num_layers not in (1, 2):
+            raise ConfigError(f"num_layers must be 1 or 2 (got {num_layers})")
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.word_dropout = WordDropout(check_probability("word_dropout_p", word_dropout_p), max_tokens)
+        self.input_dropout = MCDropout(check_probability("input_dropout_p", input_dropout_p), shared_axes=(0,))
+        self.gru = nn.GRU(embed_dim, hidden_dim, num_layers, batch_first=True, bidirectional=bidirectional)
+        self.weight_dropout_p = check_probability("weight_dropout_p", weight_dropout_p)
+        self.output_dropout = MCDropout(check_probability("output_dropout_p", output_dropout_p))
+        n_directions = 2 if bidirectional else 1
+        self.classifier = nn.Linear(2 * n_directions * hidden_dim, n_classes)
+        self._recurrent_names = [n for n, _ in self.gru.named_parameters() if n.startswith("weight_hh")]
+
+    @property
+    def stochastic_recurrence(self) -> bool:
+        """True when dropout sits before or inside the recurrence, so the GRU is part of the stochastic tail."""
+        return self.word_dropout.p > 0 or self.input_dropout.p > 0 or self.weight_dropout_p > 0
+
+    @property
+    def dropout_placement(self) -> str:
+        return "before_recurrence" if self.stochastic_recurrence else "after_recurrence"
+
+    @property
+    def mc_active(self) -> bool:
+        return self.weight_dropout_p > 0 or has_active_dropout(self)
+
+    def token_embeddings(self) -> Tensor:
+        return self.embedding.weight
+
+    def check_encoder(self, ngram_max: int, max_tokens: int) -> str | None:
+        """A sequence model reads unigram ids in order, at most ``max_tokens`` of them: the encoder must agree."""
+        if ngram_max != 1:
+            return f"a GRU reads word sequences: ngram_max must be 1 (got {ngram_max})"
+        if max_tokens > self.word_dropout.max_tokens:
+            return (
+                f"the encoder keeps up to {max_tokens} tokens but the GRU accepts at most "
+                f"{self.word_dropout.max_tokens} (model_params.max_tokens): raise the model's max_tokens"
+            )
+        return None
+
+    @staticmethod
+    def make_input(ids: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> ModelInput:
+        lengths = torch.tensor([max(1, len(i)) for i in ids], dtype=torch.long)
+        padded = torch.zeros(len(ids), int(lengths.max()) if len(ids) else 1, dtype=torch.long)
+        for row, seq in enumerate(ids):
+            padded[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        return ModelInput(ids=padded.to(device), lengths=lengths)
+
+    def _recurrence(self, x: Tensor, lengths: Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:
+        """``(N, T, E)`` embeddings → pooled features ``(N, F)``: max and mean over each text's steps."""
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        if weights is None:
+            output, _ = self.gru(packed)
+        else:
+            output, _ = functional_call(self.gru, weights, (packed,))
+        states, _ = pad_packed_sequence(output, batch_first=True)  # (N, T, F/2)
+        steps = torch.arange(states.shape[1], device=states.device)
+        valid = (steps[None, :] < lengths.to(states.device)[:, None]).unsqueeze(-1)  # (N, T, 1)
+        maximum = states.masked_fill(~valid, float("-inf")).max(dim=1).values
+        mean = states.sum(dim=1) / lengths.to(states.device, states.dtype).unsqueeze(-1)
+        return torch.cat([maximum, mean], dim=-1)
+
+    def _dropped_weights(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+        weights: dict[str, Tensor] = dict(self.gru.named_parameters())
+        for name, mask in masks.items():
+            weights[name] = weights[name] * mask
+        return weights
+
+    def prefix(self, batch: ModelInput) -> tuple[Tensor, Tensor]:
+        """Embeddings ``(B, T, E)`` when the recurrence is stochastic, else pooled GRU features ``(B, F)``."""
+        if batch.lengths is None:
+            raise ValueError("DropoutGRU needs a sequence batch: build it with DropoutGRU.make_input")
+        embedded = self.embedding(batch.ids)
+        if self.stochastic_recurrence:
+            return embedded, batch.lengths
+        return self._recurrence(embedded, batch.lengths), batch.lengths
+
+    def stochastic_tail(self, state: tuple[Tensor, Tensor], sampler: MaskSampler | None = None) -> Tensor:
+        """Logits ``(B, C)``, or ``(S, B, C)`` with a sampler."""
+        h, lengths = state
+        if self.stochastic_recurrence:
+            h = self._stochastic_recurrence(h, lengths, sampler)
+        else:
+            h = expand_samples(h, sampler)
+        logits: Tensor = self.classifier(self.output_dropout(h, sampler))
+        return logits
+
+    def _stochastic_recurrence(self, embedded: Tensor, lengths: Tensor, sampler: MaskSampler | None) -> Tensor:
+        x = expand_samples(embedded, sampler)  # (S, B, T, E) or (B, T, E)
+        x = self.input_dropout(self.word_dropout(x, sampler), sampler)
+        if sampler is None:
+            weights = None
+            if self.training and self.weight_dropout_p > 0:
+                weights = self._dropped_weights(
+                    {
+                        n: inverted_dropout_mask(self.gru.get_parameter(n).shape, self.weight_dropout_p).to(x.device)
+                        for n in self._recurrent_names
+                    }
+                )
+            return self._recurrence(x, lengths, weights)
+        n_samples, batch = x.shape[:2]
+        if self.weight_dropout_p == 0:
+            pooled = self._recurrence(x.reshape(n_samples * batch, *x.shape[2:]), lengths.repeat(n_samples))
+            return pooled.view(n_samples, batch, -1)  # (S*B, F) -> (S, B, F)
+        return self._weight_dropout_samples(x, lengths, sampler)
+
+    def _weight_dropout_samples(self, x: Tensor, lengths: Tensor, sampler: MaskSampler) -> Tensor:
+        """One GRU pass per (sample, seed group): each needs its own recurrent weights."""
+        # (G, S, *W.shape) per recurrent matrix: one mask per seed group and sample, never one per input.
+        masks = {
+            n: sampler.group_masks(self.weight_dropout_p, self.gru.get_parameter(n).shape)
+            for n in self._recurrent_names
+        }
+        n_samples, batch = x.shape[:2]
+        groups = sampler.groups if sampler.groups is not None else torch.zeros(batch, dtype=torch.long)
+        out: Tensor | None = None
+        for group in torch.unique(groups).tolist():
+            rows = (groups == group).nonzero().flatten()
+            for s in range(n_samples):
+                weights = self._dropped_weights({n: m[group, s] for n, m in masks.items()})
+                pooled = self._recurrence(x[s, rows.to(x.device)], lengths[rows.cpu()], weights)
+                if out is None:
+                    out = x.new_empty(n_samples, batch, pooled.shape[-1])
+                out[s, rows.to(x.device)] = pooled
+        assert out is not None
+        return out
+
+    def forward(self, batch: ModelInput) -> Tensor:
+        return self.stochastic_tail(self.prefix(batch))

@@ -1,0 +1,156 @@
+"""Text pipeline: tokenizer, vocabulary and the encoder that turns texts into token ids.
+
+The encoder is saved with every checkpoint (``vocab.json``) so serving tokenizes exactly like training.
+It also reports the input-novelty signal: how many of a text's tokens the vocabulary knows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mcdrop.core.errors import CheckpointError, ConfigError
+
+_TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*|[!?]")
+
+
+def tokenize(text: str, lowercase: bool = True) -> list[str]:
+    """Split ``text`` into word tokens (letters/digits with inner apostrophes) and ``!``/``?`` marks."""
+    return _TOKEN.findall(text.lower() if lowercase else text)
+
+
+def ngrams(tokens: Sequence[str], n_max: int) -> list[str]:
+    """Word n-grams of order 2..n_max joined by a space (unigrams are the tokens themselves)."""
+    return [" ".join(tokens[i : i + n]) for n in range(2, n_max + 1) for i in range(len(tokens) - n + 1)]
+
+
+class Vocabulary:
+    """Token ↔ id mapping; id 0 is padding, id 1 stands for every unknown token."""
+
+    PAD = "<pad>"
+    UNK = "<unk>"
+    PAD_ID = 0
+    UNK_ID = 1
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        if list(tokens[:2]) != [self.PAD, self.UNK]:
+            raise ConfigError(f"a vocabulary must start with {self.PAD!r} and {self.UNK!r}")
+        self.tokens = list(tokens)
+        self.index = {token: i for i, token in enumerate(self.tokens)}
+        if len(self.index) != len(self.tokens):
+            raise ConfigError("a vocabulary must not repeat a token")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def lookup(self, token: str) -> int:
+        return self.index.get(token, self.UNK_ID)
+
+    @classmethod
+    def build(cls, token_lists: Iterable[Sequence[str]], max_size: int, min_count: int = 1) -> Vocabulary:
+        """The ``max_size - 2`` most frequent tokens seen at least ``min_count`` times (ties by token)."""
+        counts: Counter[str] = Counter()
+        for tokens in token_lists:
+            counts.update(tokens)
+        kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+        return cls([cls.PAD, cls.UNK, *kept[: max(0, max_size - 2)]])
+
+
+@dataclass(frozen=True)
+class EncodedTexts:
+    """Token ids of a batch of texts with the novelty statistics of each.
+
+    ``ids[i]`` are the ids the model sees (unigrams in order, then n-grams for bag-of-words models);
+    ``n_tokens[i]``/``n_known_tokens[i]`` count unigram tokens (after truncation) and those in the vocabulary.
+    """
+
+    ids: list[list[int]]
+    n_tokens: list[int]
+    n_known_tokens: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def oov_fraction(self, i: int) -> float:
+        """Share of text ``i``'s tokens outside the vocabulary; 1.0 for a text with no tokens (no evidence)."""
+        return 1.0 if self.n_tokens[i] == 0 else 1.0 - self.n_known_tokens[i] / self.n_tokens[i]
+
+
+class TextEncoder:
+    """Tokenizes, truncates to ``max_tokens`` and maps tokens (and n-grams up to ``ngram_max``) to ids."""
+
+    def __init__(self, vocab: Vocabulary, ngram_max: int = 1, max_tokens: int = 256, lowercase: bool = True) -> None:
+        if ngram_max < 1:
+            raise ConfigError(f"ngram_max must be at least 1 (got {ngram_max})")
+        if max_tokens < 1:
+            raise ConfigError(f"max_tokens must be at least 1 (got {max_tokens})")
+        self.vocab = vocab
+        self.ngram_max = ngram_max
+        self.max_tokens = max_tokens
+        self.lowercase = lowercase
+
+    def tokens(self, text: str) -> list[str]:
+        return tokenize(text, self.lowercase)[: self.max_tokens]
+
+    def encode(self, texts: Sequence[str]) -> EncodedTexts:
+        ids: list[list[int]] = []
+        n_tokens: list[int] = []
+        n_known_tokens: list[int] = []
+        lookup = self.vocab.lookup
+        for text in texts:
+            tokens = self.tokens(text)
+            unigram_ids = [lookup(t) for t in tokens]
+            known = sum(1 for i in unigram_ids if i != Vocabulary.UNK_ID)
+            if self.ngram_max > 1:
+                # n-grams outside the vocabulary carry no signal; keep only known ones.
+                extra = [i for i in (lookup(g) for g in ngrams(tokens, self.ngram_max)) if i != Vocabulary.UNK_ID]
+                unigram_ids = unigram_ids + extra
+            ids.append(unigram_ids)
+            n_tokens.append(len(tokens))
+            n_known_tokens.append(known)
+        return EncodedTexts(ids, n_tokens, n_known_tokens)
+
+    @classmethod
+    def fit(
+        cls,
+        texts: Iterable[str],
+        max_size: int,
+        min_count: int = 1,
+        ngram_max: int = 1,
+        max_tokens: int = 256,
+        lowercase: bool = True,
+    ) -> TextEncoder:
+        """Build the vocabulary from training texts (n-grams compete with unigrams for the ``max_size`` slots)."""
+
+        def grams(text: str) -> list[str]:
+            tokens = tokenize(text, lowercase)[:max_tokens]
+            return tokens + ngrams(tokens, ngram_max) if ngram_max > 1 else tokens
+
+        vocab = Vocabulary.build((grams(t) for t in texts), max_size=max_size, min_count=min_count)
+        return cls(vocab, ngram_max=ngram_max, max_tokens=max_tokens, lowercase=lowercase)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lowercase": self.lowercase,
+            "ngram_max": self.ngram_max,
+            "max_tokens": self.max_tokens,
+            "tokens": self.vocab.tokens,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "vocab.json") -> TextEncoder:
+        try:
+            tokens = data["tokens"]
+            if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+                raise TypeError("tokens must be a list of strings")
+            return cls(
+                Vocabulary(tokens),
+                ngram_max=int(data["ngram_max"]),
+                max_tokens=int(data["max_tokens"]),
+                lowercase=bool(data["lowercase"]),
+            )
+        except (KeyError, TypeError, ValueError, ConfigError) as error:
+            raise CheckpointError(f"{source}: invalid vocabulary ({error})") from error

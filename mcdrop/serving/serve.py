@@ -1,0 +1,129 @@
+"""``mcdrop serve``: one flag per setting (overriding its ``MCDROP_*`` variable), then the app under uvicorn.
+
+    mcdrop serve --model-dir models --port 8000 --max-wait-ms 2
+
+The settings are validated before anything binds a port; a directory without checkpoints fails with one line.
+Logs carry the id of the request being served. SIGINT/SIGTERM stop the server gracefully.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from mcdrop import __version__
+from mcdrop.core.errors import ConfigError, McdropError
+from mcdrop.serving.app import create_app
+from mcdrop.serving.context import RequestIdFilter
+from mcdrop.serving.registry import Service
+from mcdrop.serving.settings import Settings, describe_errors, env_name, flag_name
+
+logger = logging.getLogger(__name__)
+
+
+def _dest(field: str) -> str:
+    return f"serve_{field}"  # apart from the top-level parser's own --log-level
+
+
+_METAVARS = {"host": "HOST", "default_model": "NAME", "device": "DEVICE", "api_keys": "KEY[,KEY...]"}
+
+
+def _flag_kwargs(field: str, annotation: Any) -> dict[str, Any]:
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is typing.Literal:
+        return {"choices": list(args), "type": str.lower}
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _flag_kwargs(field, args[0])
+    if annotation in (int, float):
+        return {"type": annotation, "metavar": "N" if annotation is int else "X"}
+    if annotation is Path:
+        return {"metavar": "DIR"}
+    return {"metavar": _METAVARS.get(field, "VALUE")}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mcdrop serve`` flags: one per setting; a flag overrides its ``MCDROP_*`` variable."""
+    for field, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        shown = (
+            ("on" if default else "off")
+            if isinstance(default, bool)
+            else default
+            if default not in (None, [])
+            else "none"
+        )
+        help_text = f"{info.description} [env {env_name(field)}; default {shown}]"
+        if field == "api_keys":
+            help_text += " Prefer the variable: flags are visible to other users in the process list."
+        parser.add_argument(
+            flag_name(field),
+            dest=_dest(field),
+            default=None,
+            help=help_text.replace("%", "%%"),
+            **_flag_kwargs(field, info.annotation),
+        )
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment with the given flags on top; raises :class:`ConfigError` naming the value."""
+    overrides = {
+        field: value for field in Settings.model_fields if (value := getattr(args, _dest(field), None)) is not None
+    }
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(describe_errors(error)) from None
+
+
+def configure_logging(level: str) -> None:
+    """One stderr handler whose lines carry the request id of the request being served (``-`` outside)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+
+
+def run(args: argparse.Namespace) -> int:
+    """``mcdrop serve``: validate the settings, then serve until SIGINT/SIGTERM (single process)."""
+    settings = build_settings(args)
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    service: Service = app.state.service
+    service.discover()  # fail with one clear line before binding a port
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level,
+        access_log=False,  # the request-context middleware logs each request with its id and timing
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+    )
+    server = uvicorn.Server(config)
+
+    def stop() -> None:
+        server.should_exit = True
+
+    service.on_fatal = stop
+    logger.info("mcdrop %s serving %s on http://%s:%d", __version__, settings.model_dir, settings.host, settings.port)
+    logger.info("settings: %s", settings)
+    server.run()
+    if service.status == "failed":
+        raise McdropError(f"cannot serve: {service.detail}")
+    return 0

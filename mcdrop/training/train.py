@@ -1,0 +1,228 @@
+"""``mcdrop train``: fit a dropout MLP or GRU on labelled texts and write a checkpoint directory.
+
+Steps: load and split the data (:mod:`mcdrop.training.data`), build the vocabulary on the training split, train with
+AdamW and early stopping on validation NLL (the best epoch's weights are kept), fit a temperature to the
+validation split's Monte Carlo predictions (kept only if it lowers validation NLL), evaluate on the test split
+and the out-of-distribution set (:func:`mcdrop.training.report.evaluate_engine`), then save the checkpoint with its
+metrics, uncertainty baseline, ``eval_report.json`` and a reliability diagram.
+
+Everything is seeded: the split (``--split-seed``), initialisation and shuffling (``--seed``) and the Monte
+Carlo masks used for calibration and evaluation (``--eval-seed``).
+
+Example::
+
+    mcdrop train --architecture mlp --data rt --out models --name rt-mlp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mcdrop.core.checkpoint import DEFAULT_TEMPERATURE, Checkpoint, save_checkpoint
+from mcdrop.core.contract import MCModel
+from mcdrop.core.engine import MCEngine
+from mcdrop.core.registry import MODEL_CLASSES, build_model
+from mcdrop.core.text import TextEncoder
+from mcdrop.training.calibration import apply_temperature, fit_temperature, uncertainty_baseline
+from mcdrop.training.data import Dataset, DataSplits, load_splits
+from mcdrop.training.loop import History, fit_model, init_embeddings_from, scale_embeddings
+from mcdrop.training.options import TrainOptions
+from mcdrop.training.plots import plot_reliability_diagram
+from mcdrop.training.report import evaluate_engine
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "eval_report.json"
+DIAGRAM_FILE = "reliability.png"
+
+
+def build_encoder(train: Dataset, options: TrainOptions) -> TextEncoder:
+    encoder = TextEncoder.fit(
+        train.texts,
+        max_size=options.vocab_size,
+        min_count=options.min_count,
+        ngram_max=options.ngram_max,
+        max_tokens=options.max_tokens,
+    )
+    logger.info("vocabulary: %d entries (n-grams up to %d)", len(encoder.vocab), options.ngram_max)
+    return encoder
+
+
+def _engine(model: MCModel, encoder: TextEncoder, config: dict[str, Any], out: Path) -> MCEngine:
+    # A row of a recurrent tail holds a whole sequence: smaller chunks keep long texts' activations in memory.
+    rows = 2048 if model.stochastic_recurrence else 32768
+    return MCEngine(Checkpoint(out, config, model, encoder), device="cpu", max_batch_rows=rows)
+
+
+def train(options: TrainOptions) -> Path:
+    """Run one training end to end and return the checkpoint directory."""
+    options.check()
+    splits = load_splits(options.data, options.text_column, options.label_column, seed=options.split_seed)
+    torch.manual_seed(options.seed)
+    encoder = build_encoder(splits.train, options)
+    model = build_model(options.architecture, len(encoder.vocab), len(splits.label_names), options.model_params())
+    scale_embeddings(model, options.embed_init_std)
+    if options.init_embeddings:
+        init_embeddings_from(model, encoder, options.init_embeddings)
+    if options.freeze_embeddings:
+        model.token_embeddings().requires_grad_(False)
+    model.to(options.device)
+    train_ids, val_ids = encoder.encode(splits.train.texts).ids, encoder.encode(splits.validation.texts).ids
+    history = fit_model(model, train_ids, splits.train.labels, val_ids, splits.validation.labels, options)
+    model.to("cpu")
+    out = Path(options.out) / options.name
+    config = _base_config(options, splits, encoder, history)
+    engine = _engine(model, encoder, config, out)
+    val_samples = engine.predict_samples(splits.validation.texts, options.n_samples, options.eval_seed)
+    config["temperature"] = _choose_temperature(val_samples, splits.validation.labels, options)
+    engine.temperature = config["temperature"]
+    val_samples = apply_temperature(val_samples, config["temperature"])
+    result = evaluate_engine(engine, splits.test, splits.ood_texts, options.n_samples, options.eval_seed)
+    config["metrics"] = result.summary()
+    val_encoded = encoder.encode(splits.validation.texts)
+    val_oov = [val_encoded.oov_fraction(i) for i in range(len(val_encoded))]
+    config["uncertainty_baseline"] = uncertainty_baseline(val_samples, result.samples, val_oov)
+    save_checkpoint(out, model, encoder, config)
+    report = {"name": options.name, **result.report, "uncertainty_baseline": config["uncertainty_baseline"]}
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    plot_reliability_diagram(
+        {"deterministic": result.deterministic, "MC mean": result.samples.mean(0)},
+        splits.test.labels,
+        out / DIAGRAM_FILE,
+        title=f"{options.name}: test split, {options.n_samples} MC samples",
+    )
+    return out
+
+
+def _choose_temperature(samples: Tensor, labels: Sequence[int], options: TrainOptions) -> float:
+    if not options.temperature_scaling:
+        return DEFAULT_TEMPERATURE
+    temperature, before, after = fit_temperature(samples, labels)
+    if after < before - 1e-4:
+        logger.info("temperature %.3f: validation MC NLL %.4f -> %.4f", temperature, before, after)
+        return round(temperature, 4)
+    logger.info("temperature scaling does not lower validation NLL (%.4f); keeping 1.0", before)
+    return DEFAULT_TEMPERATURE
+
+
+def _base_config(options: TrainOptions, splits: DataSplits, encoder: TextEncoder, history: History) -> dict[str, Any]:
+    return {
+        "name": options.name,
+        "version": options.model_version,
+        "labels": list(splits.label_names),
+        "model_params": options.model_params(),
+        "tokenizer": {k: v for k, v in encoder.to_json().items() if k != "tokens"} | {"vocab_size": len(encoder.vocab)},
+        "default_n_samples": options.n_samples,
+        "temperature": DEFAULT_TEMPERATURE,
+        "training": {
+            **splits.description,
+            "sizes": {
+                "train": len(splits.train),
+                "validation": len(splits.validation),
+                "test": len(splits.test),
+                "ood": len(splits.ood_texts),
+            },
+            "label_counts": splits.train.label_counts(),
+            "hyper_parameters": options.hyper_parameters(),
+            "epochs_run": history.epochs[-1]["epoch"] if history.epochs else 0,
+            "best_epoch": history.best_epoch,
+            "early_stopping": "validation NLL (deterministic)",
+            "train_seconds": round(history.seconds, 1),
+            "history": history.epochs,
+            "torch_version": torch.__version__,
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------- CLI
+
+
+def _int_list(value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+
+
+def _float_list(value: str) -> list[float]:
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``mcdrop train``; values are range-checked by :meth:`TrainOptions.check`."""
+    d = TrainOptions("mlp", "", "")
+    data = parser.add_argument_group("data")
+    data.add_argument("--architecture", required=True, choices=sorted(MODEL_CLASSES))
+    data.add_argument("--data", default="rt", help="'rt' (Rotten Tomatoes, split by movie) or a CSV/TSV/JSONL file")
+    data.add_argument("--text-column", default=d.text_column)
+    data.add_argument("--label-column", default=d.label_column)
+    data.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the train/validation/test split")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", default="models", help="parent directory of the checkpoint")
+    out.add_argument("--name", required=True, help="checkpoint name (its directory under --out)")
+    out.add_argument("--model-version", default=d.model_version, help="version string stored in the checkpoint")
+    text = parser.add_argument_group("vocabulary")
+    text.add_argument("--vocab-size", type=int, default=d.vocab_size, help="entries incl. <pad>/<unk> and n-grams")
+    text.add_argument("--min-count", type=int, default=d.min_count)
+    text.add_argument("--ngram-max", type=int, default=None, help="default: 2 for mlp, 1 for gru")
+    text.add_argument("--max-tokens", type=int, default=d.max_tokens)
+    model = parser.add_argument_group("model")
+    model.add_argument("--embed-dim", type=int, default=d.embed_dim)
+    model.add_argument("--hidden-dims", type=_int_list, default=d.hidden_dims, help="mlp: comma-separated widths")
+    model.add_argument("--dropout-p", type=_float_list, default=None, help="mlp: one p per linear layer (or one)")
+    model.add_argument("--hidden-dim", type=int, default=d.hidden_dim, help="gru: hidden size per direction")
+    model.add_argument("--num-layers", type=int, default=d.num_layers)
+    model.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=d.bidirectional)
+    model.add_argument("--word-dropout", type=float, default=d.word_dropout, help="gru: drop whole tokens")
+    model.add_argument("--input-dropout", type=float, default=d.input_dropout, help="gru: locked embedding dropout")
+    model.add_argument("--weight-dropout", type=float, default=d.weight_dropout, help="gru: DropConnect on W_hh")
+    model.add_argument("--output-dropout", type=float, default=d.output_dropout, help="gru: before the classifier")
+    model.add_argument("--embed-init-std", type=float, default=d.embed_init_std, help="std of initial embeddings")
+    model.add_argument("--init-embeddings", default=None, help="gru: copy unigram embeddings from an MLP checkpoint")
+    model.add_argument("--freeze-embeddings", action="store_true", help="do not train the embedding table")
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--lr", type=float, default=d.lr)
+    opt.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decoupled weight decay")
+    opt.add_argument("--lr-decay", type=float, default=d.lr_decay, help="learning rate factor applied each epoch")
+    opt.add_argument("--batch-size", type=int, default=d.batch_size)
+    opt.add_argument("--epochs", type=int, default=d.epochs)
+    opt.add_argument("--patience", type=int, default=d.patience, help="validation checks without a better NLL")
+    opt.add_argument("--evals-per-epoch", type=int, default=d.evals_per_epoch, help="validation checks per epoch")
+    opt.add_argument("--seed", type=int, default=d.seed, help="initialisation and shuffling seed")
+    opt.add_argument("--device", default=d.device)
+    mc = parser.add_argument_group("Monte Carlo")
+    mc.add_argument("--n-samples", type=int, default=d.n_samples, help="default MC samples stored in the checkpoint")
+    mc.add_argument("--eval-seed", type=int, default=d.eval_seed, help="seed of the MC masks for calibration/eval")
+    mc.add_argument("--temperature-scaling", action=argparse.BooleanOptionalAction, default=True)
+
+
+def options_from_args(args: argparse.Namespace) -> TrainOptions:
+    """Turn parsed flags into options, filling architecture-dependent defaults."""
+    fields = {k: v for k, v in vars(args).items() if k in TrainOptions.__dataclass_fields__}
+    if fields.get("ngram_max") is None:
+        fields["ngram_max"] = 2 if args.architecture == "mlp" else 1
+    n_linear = len(args.hidden_dims) + 1
+    if fields.get("dropout_p") is None:
+        fields["dropout_p"] = [0.5] * n_linear
+    elif len(fields["dropout_p"]) == 1:
+        fields["dropout_p"] = fields["dropout_p"] * n_linear
+    return TrainOptions(**fields)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``mcdrop train``: prints the test metrics as JSON."""
+    out = train(options_from_args(args))
+    report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
+    print(json.dumps({"checkpoint": str(out), **report.get("summary", {})}, indent=2))
+    return 0

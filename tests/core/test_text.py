@@ -1,0 +1,50 @@
+"""Tokenizer, vocabulary and encoder: lower-casing, OOV, n-grams, truncation, JSON round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from mcdrop.core.errors import CheckpointError
+from mcdrop.core.text import TextEncoder, Vocabulary, ngrams, tokenize
+
+
+def test_tokenize_lowercases_and_keeps_apostrophes_and_marks() -> None:
+    assert tokenize("It's GREAT!  Isn't it?") == ["it's", "great", "!", "isn't", "it", "?"]
+    assert tokenize("Ünïcode café", lowercase=False) == ["Ünïcode", "café"]
+
+
+def test_ngrams() -> None:
+    assert ngrams(["a", "b", "c"], 2) == ["a b", "b c"]
+    assert ngrams(["a", "b", "c"], 3) == ["a b", "b c", "a b c"]
+
+
+def test_vocabulary_orders_by_frequency_and_reserves_pad_and_unk() -> None:
+    vocab = Vocabulary.build([["b", "a", "b"], ["c", "b", "a"]], max_size=4)
+    assert vocab.tokens == ["<pad>", "<unk>", "b", "a"]
+    assert vocab.lookup("c") == Vocabulary.UNK_ID
+
+
+def test_encoder_reports_oov_and_truncates() -> None:
+    encoder = TextEncoder.fit(["good film", "bad film"], max_size=10, max_tokens=3)
+    encoded = encoder.encode(["good unknown film", "", "a b c d e f"])
+    assert encoded.n_tokens == [3, 0, 3]
+    assert encoded.n_known_tokens == [2, 0, 0]
+    assert encoded.oov_fraction(0) == pytest.approx(1 / 3)
+    assert encoded.oov_fraction(1) == 1.0  # no tokens: no evidence
+    assert encoded.ids[0] == [encoder.vocab.lookup("good"), Vocabulary.UNK_ID, encoder.vocab.lookup("film")]
+
+
+def test_bigram_ids_follow_unigrams_and_unknown_bigrams_are_dropped() -> None:
+    encoder = TextEncoder.fit(["good film"], max_size=10, ngram_max=2)
+    ids = encoder.encode(["good film", "film good"]).ids
+    assert ids[0] == [encoder.vocab.lookup("good"), encoder.vocab.lookup("film"), encoder.vocab.lookup("good film")]
+    assert len(ids[1]) == 2
+
+
+def test_json_round_trip_and_corrupt_vocab() -> None:
+    encoder = TextEncoder.fit(["one two three"], max_size=10, ngram_max=2, max_tokens=7)
+    again = TextEncoder.from_json(encoder.to_json())
+    assert again.vocab.tokens == encoder.vocab.tokens
+    assert (again.ngram_max, again.max_tokens, again.lowercase) == (2, 7, True)
+    with pytest.raises(CheckpointError, match=r"vocab.json: invalid vocabulary"):
+        TextEncoder.from_json({"tokens": ["x"], "ngram_max": 1, "max_tokens": 5, "lowercase": True})
