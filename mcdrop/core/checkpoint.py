@@ -1,5 +1,9 @@
 """Checkpoint directories: ``config.json`` + ``model.safetensors`` + ``vocab.json``, loaded without pickle.
 
+Two optional files carry what a decision needs (:mod:`mcdrop.core.decisions`): ``calibration.json`` (the held-out
+calibration split's scores, errors and conformal scores) and ``novelty.json`` (a word bigram model of the training
+texts). A checkpoint without them predicts as before; asking it for a decision is refused.
+
 ``config.json`` describes everything needed to rebuild the model alone: architecture and its parameters,
 labels, tokenizer settings, default number of MC samples, temperature, how it was trained and how it scored,
 and the uncertainty baseline measured at training time (for drift alerts). Training writes checkpoints;
@@ -19,7 +23,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mcdrop.core.contract import MCModel
+from mcdrop.core.decisions import Calibration
 from mcdrop.core.errors import CheckpointError, ConfigError
+from mcdrop.core.novelty import NgramLanguageModel
 from mcdrop.core.registry import MODEL_CLASSES, build_model
 from mcdrop.core.text import TextEncoder
 
@@ -29,6 +35,8 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.json"
+CALIBRATION_FILE = "calibration.json"
+NOVELTY_FILE = "novelty.json"
 REQUIRED_KEYS = ("name", "version", "architecture", "labels", "model_params")
 DEFAULT_N_SAMPLES = 50
 DEFAULT_TEMPERATURE = 1.0
@@ -42,6 +50,8 @@ class Checkpoint:
     config: dict[str, Any]
     model: MCModel
     encoder: TextEncoder
+    calibration: Calibration | None = None
+    novelty_model: NgramLanguageModel | None = None
 
     @property
     def name(self) -> str:
@@ -71,9 +81,15 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def save_checkpoint(
-    directory: str | os.PathLike[str], model: MCModel, encoder: TextEncoder, config: dict[str, Any]
+    directory: str | os.PathLike[str],
+    model: MCModel,
+    encoder: TextEncoder,
+    config: dict[str, Any],
+    calibration: Calibration | None = None,
+    novelty_model: NgramLanguageModel | None = None,
 ) -> Path:
-    """Write ``model``, ``encoder`` and ``config`` (which must hold name, version, labels, model_params)."""
+    """Write ``model``, ``encoder`` and ``config`` (which must hold name, version, labels, model_params), and the
+    calibration and novelty model when given."""
     if model.architecture not in MODEL_CLASSES:
         raise ConfigError(
             f"cannot save a {type(model).__name__}: its architecture {model.architecture!r} is not registered "
@@ -100,6 +116,11 @@ def save_checkpoint(
     # user) must read, like the JSON files beside it.
     (path / WEIGHTS_FILE).chmod(0o644)
     _write_atomic(path / VOCAB_FILE, json.dumps(encoder.to_json(), ensure_ascii=False))
+    for name, part in ((CALIBRATION_FILE, calibration), (NOVELTY_FILE, novelty_model)):
+        if part is not None:
+            _write_atomic(path / name, json.dumps(part.to_json(), ensure_ascii=False, separators=(",", ":")))
+        elif (path / name).exists():
+            (path / name).unlink()  # a stale file from an earlier checkpoint in this directory would not match
     _write_atomic(path / CONFIG_FILE, json.dumps(full, indent=2, ensure_ascii=False) + "\n")
     logger.info("saved checkpoint %s to %s", full["name"], path)
     return path
@@ -168,7 +189,15 @@ def load_checkpoint(directory: str | os.PathLike[str], device: str = "cpu") -> C
     except RuntimeError as error:  # shape or key mismatch, the only RuntimeError load_state_dict raises
         raise CheckpointError(f"{weights_path}: weights do not match {CONFIG_FILE} ({error})") from error
     model.to(device).eval()
-    return Checkpoint(path=path, config=config, model=model, encoder=encoder)
+    calibration = novelty_model = None
+    if (path / CALIBRATION_FILE).exists():
+        calibration = Calibration.from_json(_read_json(path / CALIBRATION_FILE), str(path / CALIBRATION_FILE))
+    if (path / NOVELTY_FILE).exists():
+        try:
+            novelty_model = NgramLanguageModel.from_json(_read_json(path / NOVELTY_FILE))
+        except ValueError as error:
+            raise CheckpointError(f"{path / NOVELTY_FILE}: invalid novelty model ({error})") from error
+    return Checkpoint(path, config, model, encoder, calibration, novelty_model)
 
 
 def discover_checkpoints(model_dir: str | os.PathLike[str]) -> list[Path]:

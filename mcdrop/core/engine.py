@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from mcdrop.core.checkpoint import Checkpoint, load_checkpoint
+from mcdrop.core.decisions import Decision, DecisionPolicy, score_values
 from mcdrop.core.dropout import MaskSampler
 from mcdrop.core.errors import ConfigError, McdropError, OutOfMemory
 from mcdrop.core.text import EncodedTexts
@@ -40,6 +41,7 @@ MAX_SEED = 2**63 - 1
 # recurrence's working set leaves the cache). GPUs keep passes as large as max_batch_rows allows.
 CPU_RECURRENT_PASS_ROWS = 256
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_POLICY = DecisionPolicy()
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ class Prediction:
     oov_fraction: float
     n_tokens: int
     n_known_tokens: int
+    novelty: float | None = None  # with a calibrated novelty model: share of calibration texts less surprising
+    prediction_set: list[str] | None = None  # with a calibration: the conformal set at the policy's coverage
+    decision: Decision | None = None  # with a calibration and a policy's max_risk
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict (``dataclasses.asdict`` without its deep copies, which cost on a hot path)."""
@@ -72,6 +77,9 @@ class Prediction:
             "oov_fraction": self.oov_fraction,
             "n_tokens": self.n_tokens,
             "n_known_tokens": self.n_known_tokens,
+            "novelty": self.novelty,
+            "prediction_set": self.prediction_set,
+            "decision": None if self.decision is None else dict(vars(self.decision)),
         }
 
 
@@ -126,6 +134,8 @@ class MCEngine:
             self.pass_rows = min(max_batch_rows, CPU_RECURRENT_PASS_ROWS)
         self.dtype = DTYPES[dtype]
         self.temperature = checkpoint.temperature
+        self.calibration = checkpoint.calibration
+        self.novelty_model = checkpoint.novelty_model
 
     @property
     def name(self) -> str:
@@ -192,16 +202,32 @@ class MCEngine:
             if not 0 <= seed <= MAX_SEED:
                 raise ConfigError(f"seed must be in [0, {MAX_SEED}] (got {seed})")
 
-    def predict_many(self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int) -> list[list[Prediction]]:
-        """Predict several requests ``(texts, seed)`` in one engine pass; each result equals a separate call."""
+    def predict_many(
+        self,
+        requests: Sequence[tuple[Sequence[str], int]],
+        n_samples: int,
+        policies: Sequence[DecisionPolicy] | None = None,
+    ) -> list[list[Prediction]]:
+        """Predict several requests ``(texts, seed)`` in one engine pass; each result equals a separate call.
+
+        ``policies[r]`` says what request ``r`` wants decided (default: conformal sets at 90 % coverage, no
+        accept/abstain decision); it changes nothing about sampling, so requests with any policies share a pass.
+        """
         self._check(n_samples, [seed for _, seed in requests])
+        if policies is None:
+            policies = [DEFAULT_POLICY] * len(requests)
+        elif len(policies) != len(requests):
+            raise ValueError(f"{len(policies)} policies for {len(requests)} requests")
+        if self.calibration is None and any(p.max_risk is not None for p in policies):
+            raise ConfigError(f"model {self.name} has no calibration: it cannot decide at a max_risk")
         texts = [text for request_texts, _ in requests for text in request_texts]
         seeds = [seed for request_texts, seed in requests for _ in request_texts]
+        text_policies = [p for (request_texts, _), p in zip(requests, policies, strict=True) for _ in request_texts]
         encoded = self.encoder.encode(texts)
         flat: list[Prediction | None] = [None] * len(texts)
         try:
             for index, probs in self._sample(encoded, seeds, n_samples):
-                for i, prediction in zip(index, self._summaries(probs, encoded, index), strict=True):
+                for i, prediction in zip(index, self._summaries(probs, encoded, index, text_policies), strict=True):
                     flat[i] = prediction
         except (torch.OutOfMemoryError, MemoryError) as error:
             raise OutOfMemory(
@@ -214,13 +240,45 @@ class MCEngine:
             start += len(request_texts)
         return out
 
-    def predict(self, texts: Sequence[str], n_samples: int | None = None, seed: int | None = None) -> list[Prediction]:
+    def predict(
+        self,
+        texts: Sequence[str],
+        n_samples: int | None = None,
+        seed: int | None = None,
+        policy: DecisionPolicy | None = None,
+    ) -> list[Prediction]:
         """MC predictions for ``texts``; a ``None`` seed draws a random one."""
         n = self.default_n_samples if n_samples is None else n_samples
-        return self.predict_many([(texts, random_seed() if seed is None else seed)], n)[0]
+        request = (texts, random_seed() if seed is None else seed)
+        return self.predict_many([request], n, None if policy is None else [policy])[0]
 
-    def _summaries(self, probs: Tensor, encoded: EncodedTexts, index: list[int]) -> list[Prediction]:
+    def _decisions(
+        self, stats: Any, encoded: EncodedTexts, index: list[int], policies: Sequence[DecisionPolicy]
+    ) -> list[tuple[float | None, list[str] | None, Decision | None]]:
+        """Novelty, conformal set and decision of each input (all ``None`` without a calibration)."""
+        calibration = self.calibration
+        if calibration is None:
+            return [(None, None, None)] * len(index)
+        novelty: list[float | None] = [None] * len(index)
+        if calibration.novelty is not None and self.novelty_model is not None:
+            nll = self.novelty_model.mean_nll_many([encoded.tokens[i] for i in index])
+            novelty = [float(v) for v in calibration.novelty.novelty_many(nll)]
+        mean = stats.mean.double().numpy()  # (b, C)
+        scores = score_values(calibration.score, mean, stats.entropy.tolist(), stats.mutual_information.tolist())
+        labels = self.labels
+        out: list[tuple[float | None, list[str] | None, Decision | None]] = []
+        for j, i in enumerate(index):
+            policy = policies[i]
+            members = calibration.prediction_set(mean[j].tolist(), policy.coverage)
+            decision = None if policy.max_risk is None else calibration.decide(scores[j], novelty[j], policy)
+            out.append((novelty[j], [labels[c] for c in members], decision))
+        return out
+
+    def _summaries(
+        self, probs: Tensor, encoded: EncodedTexts, index: list[int], policies: Sequence[DecisionPolicy]
+    ) -> list[Prediction]:
         stats = summarize(probs)
+        decided = self._decisions(stats, encoded, index, policies)
         labels = self.labels
         # One bulk conversion to Python floats: per-element tensor access costs more than the maths.
         mean, var, err = (t.tolist() for t in (stats.mean, stats.variance, stats.std_error))
@@ -241,6 +299,9 @@ class MCEngine:
                 oov_fraction=encoded.oov_fraction(i),
                 n_tokens=encoded.n_tokens[i],
                 n_known_tokens=encoded.n_known_tokens[i],
+                novelty=decided[j][0],
+                prediction_set=decided[j][1],
+                decision=decided[j][2],
             )
             for j, i in enumerate(index)
         ]

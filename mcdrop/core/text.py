@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mcdrop.core.errors import CheckpointError, ConfigError
@@ -64,12 +64,14 @@ class EncodedTexts:
     """Token ids of a batch of texts with the novelty statistics of each.
 
     ``ids[i]`` are the ids the model sees (unigrams in order, then n-grams for bag-of-words models);
-    ``n_tokens[i]``/``n_known_tokens[i]`` count unigram tokens (after truncation) and those in the vocabulary.
+    ``n_tokens[i]``/``n_known_tokens[i]`` count unigram tokens (after truncation) and those in the vocabulary;
+    ``tokens[i]`` are those tokens (what the novelty model scores).
     """
 
     ids: list[list[int]]
     n_tokens: list[int]
     n_known_tokens: list[int]
+    tokens: list[list[str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -99,9 +101,11 @@ class TextEncoder:
         ids: list[list[int]] = []
         n_tokens: list[int] = []
         n_known_tokens: list[int] = []
+        token_lists: list[list[str]] = []
         lookup = self.vocab.lookup
         for text in texts:
             tokens = self.tokens(text)
+            token_lists.append(tokens)
             unigram_ids = [lookup(t) for t in tokens]
             known = sum(1 for i in unigram_ids if i != Vocabulary.UNK_ID)
             if self.ngram_max > 1:
@@ -111,7 +115,7 @@ class TextEncoder:
             ids.append(unigram_ids)
             n_tokens.append(len(tokens))
             n_known_tokens.append(known)
-        return EncodedTexts(ids, n_tokens, n_known_tokens)
+        return EncodedTexts(ids, n_tokens, n_known_tokens, token_lists)
 
     @classmethod
     def fit(

@@ -36,7 +36,8 @@ from collections.abc import Awaitable, Sequence
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
-from mcdrop.core.engine import Prediction
+from mcdrop.core.decisions import DecisionPolicy
+from mcdrop.core.engine import DEFAULT_POLICY, Prediction
 from mcdrop.core.errors import Overloaded, ShuttingDown
 from mcdrop.serving.presentation import PredictionDict, prediction_dict
 from mcdrop.serving.telemetry import ModelMetrics
@@ -52,7 +53,10 @@ class EngineLike(Protocol):
     def name(self) -> str: ...
 
     def predict_many(
-        self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int
+        self,
+        requests: Sequence[tuple[Sequence[str], int]],
+        n_samples: int,
+        policies: Sequence[DecisionPolicy] | None = None,
     ) -> Sequence[Sequence[Prediction]]: ...
 
 
@@ -100,7 +104,14 @@ class Batcher:
         if not task.cancelled() and task.exception() is not None:
             logger.error("batch worker of %s stopped", self.engine.name, exc_info=task.exception())
 
-    def submit(self, texts: Sequence[str], n_samples: int, seed: int | None, timeout_s: float) -> Ticket:
+    def submit(
+        self,
+        texts: Sequence[str],
+        n_samples: int,
+        seed: int | None,
+        timeout_s: float,
+        policy: DecisionPolicy = DEFAULT_POLICY,
+    ) -> Ticket:
         """Queue a request; raises :class:`Overloaded` (nothing queued) or :class:`ShuttingDown`."""
         if self._closing:
             raise ShuttingDown(f"model {self.engine.name} is shutting down")
@@ -116,7 +127,8 @@ class Batcher:
                 f"(limit {self.policy.queue_limit_rows}); retry later or with fewer samples"
             )
         now = time.perf_counter()
-        ticket = Ticket(texts, n_samples, seed, now + timeout_s, asyncio.get_running_loop().create_future(), now)
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        ticket = Ticket(texts, n_samples, seed, now + timeout_s, future, now, policy)
         self._pending.append(ticket)
         self._pending_texts += n_texts
         self._pending_rows += ticket.rows
@@ -271,8 +283,9 @@ class Batcher:
         batch_seed = self._seeds.getrandbits(31)
         seeds = [batch_seed if t.seed is None else t.seed for t in batch]
         requests = [(t.texts, seed) for t, seed in zip(batch, seeds, strict=True)]
+        policies = [t.policy for t in batch]
         try:
-            outputs, engine_s = await loop.run_in_executor(self.executor, self._infer, requests, n_samples)
+            outputs, engine_s = await loop.run_in_executor(self.executor, self._infer, requests, n_samples, policies)
         except Exception as error:  # the engine failed: every request in the batch gets the error
             for ticket in batch:
                 if not ticket.future.done():
@@ -288,11 +301,11 @@ class Batcher:
                 )
 
     def _infer(
-        self, requests: list[tuple[Sequence[str], int]], n_samples: int
+        self, requests: list[tuple[Sequence[str], int]], n_samples: int, policies: list[DecisionPolicy]
     ) -> tuple[list[list[PredictionDict]], float]:
         """Executor thread: one engine call, then the JSON-ready dicts and the metrics."""
         start = time.perf_counter()
-        results = self.engine.predict_many(requests, n_samples)
+        results = self.engine.predict_many(requests, n_samples, policies)
         engine_s = time.perf_counter() - start
         for predictions in results:
             for p in predictions:  # NaN would propagate into both; refuse to serve it (the caller answers 500)
@@ -306,4 +319,5 @@ class Batcher:
             self.metrics.observe_predictions(
                 (p.entropy for p in flat), (p.mutual_information for p in flat), (p.oov_fraction for p in flat)
             )
+            self.metrics.observe_decisions(flat)
         return outputs, engine_s

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mcdrop.core.decisions import Decision
 from mcdrop.core.engine import MCEngine, Prediction
 
 PredictionDict = dict[str, Any]
@@ -21,6 +22,23 @@ def _round(value: float) -> float:
 
 def _round_all(values: dict[str, float]) -> dict[str, float]:
     return {label: float(f"{v:.7g}") for label, v in values.items()}
+
+
+def _maybe_round(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.7g}")
+
+
+def decision_dict(decision: Decision) -> dict[str, Any]:
+    """The ``decision`` object of a prediction (``DecisionOut`` in the OpenAPI schema)."""
+    return {
+        "action": decision.action,
+        "reason": decision.reason,
+        "max_risk": decision.max_risk,
+        "score": _round(decision.score),
+        "threshold": _maybe_round(decision.threshold),
+        "max_novelty": decision.max_novelty,
+        "detail": decision.detail,
+    }
 
 
 def prediction_dict(prediction: Prediction) -> PredictionDict:
@@ -37,6 +55,9 @@ def prediction_dict(prediction: Prediction) -> PredictionDict:
         "oov_fraction": prediction.oov_fraction,
         "n_tokens": prediction.n_tokens,
         "n_known_tokens": prediction.n_known_tokens,
+        "novelty": _maybe_round(prediction.novelty),
+        "prediction_set": prediction.prediction_set,
+        "decision": None if prediction.decision is None else decision_dict(prediction.decision),
     }
 
 
@@ -54,4 +75,5 @@ def model_description(engine: MCEngine) -> dict[str, Any]:
         "vocabulary_size": len(engine.encoder.vocab),
         "metrics": config.get("metrics", {}),
         "uncertainty_baseline": config.get("uncertainty_baseline", {}),
+        "calibration": None if engine.calibration is None else engine.calibration.summary(),
     }

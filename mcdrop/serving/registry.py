@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 
 from mcdrop.core.checkpoint import discover_checkpoints
+from mcdrop.core.decisions import DecisionPolicy
 from mcdrop.core.engine import MCEngine, load_engine
 from mcdrop.core.errors import CheckpointError, InputError, McdropError, ModelNotFound
 from mcdrop.serving.batcher import Batcher
@@ -160,13 +161,17 @@ class Service:
 
     def _add(self, engine: MCEngine) -> None:
         config = engine.config
-        baseline = config.get("uncertainty_baseline")
+        baseline = dict(config.get("uncertainty_baseline") or {})
+        if engine.calibration is not None:
+            # the abstention share to expect at the server's default risk (or 0.1) on data like the calibration split
+            found = engine.calibration.threshold(self.settings.max_risk or 0.1)
+            baseline["abstain_share"] = round(1.0 - found.coverage, 6)
         model_metrics = self.metrics.add_model(
             engine.name,
             version=engine.version,
             architecture=str(config.get("architecture", "")),
             dropout_placement=str(config.get("dropout_placement", "")),
-            baseline=baseline if isinstance(baseline, dict) else {},
+            baseline=baseline,
         )
         assert self.executor is not None
         batcher = Batcher(engine, self.executor, self.policy, model_metrics)
@@ -187,6 +192,28 @@ class Service:
         logger.error("cannot serve: %s", detail)
         if self.on_fatal is not None:
             self.on_fatal()
+
+    def decision_policy(
+        self, served: ServedModel, max_risk: float | None, coverage: float | None, max_novelty: float | None
+    ) -> DecisionPolicy:
+        """What a request wants decided, with the server's defaults filled in; :class:`InputError` when it asks an
+        uncalibrated model for a decision, a conformal set or a novelty limit."""
+        calibration = served.engine.calibration
+        if calibration is None:
+            fields = (("max_risk", max_risk), ("coverage", coverage), ("max_novelty", max_novelty))
+            asked = [name for name, value in fields if value is not None]
+            if asked:
+                raise InputError(
+                    f"{asked[0]}: model {served.engine.name} has no calibration, so it cannot decide; calibrate it "
+                    "with `mcdrop calibrate CHECKPOINT --data FILE --out DIR` (a labelled sample of your traffic, "
+                    "at least 200 texts)"
+                )
+            return DecisionPolicy()
+        return DecisionPolicy(
+            max_risk=self.settings.max_risk if max_risk is None else max_risk,
+            coverage=self.settings.coverage if coverage is None else coverage,
+            max_novelty=calibration.max_novelty if max_novelty is None else max_novelty,
+        )
 
     def resolve(self, name: str | None) -> ServedModel:
         """The model a request names (or the default); raises :class:`ModelNotFound` or :class:`InputError`."""

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 from pydantic_core import ErrorDetails
 
+from mcdrop.core.decisions import COVERAGE_RANGE, MAX_RISK_RANGE
 from mcdrop.core.engine import MAX_SEED as MAX_SEED  # the request's seed range is the engine's
 from mcdrop.core.errors import InputError
 
@@ -29,6 +30,7 @@ PREDICT_EXAMPLE_REQUEST: dict[str, Any] = {
     "model": "rt-mlp",
     "n_samples": 100,
     "seed": 1234,
+    "max_risk": 0.1,
 }
 
 _EXAMPLE_PREDICTION: dict[str, Any] = {
@@ -43,6 +45,17 @@ _EXAMPLE_PREDICTION: dict[str, Any] = {
     "oov_fraction": 0.0,
     "n_tokens": 5,
     "n_known_tokens": 5,
+    "novelty": 0.31,
+    "prediction_set": ["positive"],
+    "decision": {
+        "action": "accept",
+        "reason": None,
+        "max_risk": 0.1,
+        "score": 0.3052,
+        "threshold": 0.4411,
+        "max_novelty": 0.99,
+        "detail": None,
+    },
 }
 
 PREDICT_EXAMPLE_RESPONSE: dict[str, Any] = {
@@ -78,6 +91,35 @@ class PredictRequest(BaseModel):
         description=f"Seed in 0..{MAX_SEED}; the same seed, texts, model and n_samples give the same answer. "
         "Omitted: the server draws one and reports it.",
     )
+    max_risk: StrictFloat | StrictInt | None = Field(
+        None,
+        description=f"Decide accept/abstain so that the error rate among accepted predictions stays at most this "
+        f"({MAX_RISK_RANGE[0]}..{MAX_RISK_RANGE[1]}) with probability 1 - delta, for inputs like the calibration "
+        "split; MCDROP_MAX_RISK when omitted (no decision when that is unset too). Needs a calibrated model.",
+    )
+    coverage: StrictFloat | StrictInt | None = Field(
+        None,
+        description=f"Target coverage of the conformal prediction sets ({COVERAGE_RANGE[0]}..{COVERAGE_RANGE[1]}); "
+        "MCDROP_COVERAGE when omitted.",
+    )
+    max_novelty: StrictFloat | StrictInt | None = Field(
+        None,
+        description="Abstain as 'novel' above this novelty (0..1); the model's limit when omitted (0.99).",
+    )
+
+
+class DecisionOut(BaseModel):
+    """What to do with a prediction, and the numbers the choice rests on."""
+
+    action: Literal["accept", "abstain"]
+    reason: Literal["uncertain", "novel"] | None = Field(
+        description="why it abstains: novelty above max_novelty (checked first), or a score above the threshold"
+    )
+    max_risk: float
+    score: float = Field(description="the uncertainty score compared with the threshold (lower is more certain)")
+    threshold: float | None = Field(description="the risk-controlling threshold; null when no threshold meets max_risk")
+    max_novelty: float
+    detail: str | None = Field(description="why every prediction abstains, when no threshold meets max_risk")
 
 
 class PredictionOut(BaseModel):
@@ -97,6 +139,15 @@ class PredictionOut(BaseModel):
     oov_fraction: float = Field(description="share of tokens outside the vocabulary: the input-novelty signal")
     n_tokens: int = Field(description="tokens in the text")
     n_known_tokens: int = Field(description="tokens the vocabulary knows")
+    novelty: float | None = Field(
+        description="share of calibration texts less surprising than this one under the model's word bigram model "
+        "(0 typical .. 1 unlike anything seen); null for a model without calibration"
+    )
+    prediction_set: list[str] | None = Field(
+        description="split-conformal (LAC) set at the requested coverage: holds the true label with that probability "
+        "for inputs like the calibration split; may be empty; null without calibration"
+    )
+    decision: DecisionOut | None = Field(description="accept or abstain, when max_risk is given (request or server)")
 
 
 class PredictResponse(BaseModel):
@@ -127,6 +178,10 @@ class ModelSummary(BaseModel):
     metrics: dict[str, Any] = Field(description="evaluation metrics recorded at training time")
     uncertainty_baseline: dict[str, Any] = Field(
         description="entropy and mutual information measured at training time (the drift reference)"
+    )
+    calibration: dict[str, Any] | None = Field(
+        description="delta, the uncertainty score, thresholds and calibration coverage at max_risk 0.05/0.1/0.2, "
+        "the conformal method and the novelty limit; null for a model without calibration"
     )
 
 
@@ -180,7 +235,7 @@ def _describe(error: ErrorDetails) -> str:
     if kind == "model_type" or (kind == "model_attributes_type" and loc == "body"):
         return "body: expected a JSON object"
     if kind == "extra_forbidden":
-        return f"{loc}: unknown field (expected texts, model, n_samples, seed)"
+        return f"{loc}: unknown field (expected texts, model, n_samples, seed, max_risk, coverage, max_novelty)"
     return f"{loc}: {error['msg']}"
 
 
@@ -214,3 +269,15 @@ def check_limits(request: PredictRequest, limits: Limits) -> None:
     seed = request.seed
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise InputError(f"seed: must be between 0 and {MAX_SEED} (got {seed})")
+    check_decision_fields(request.max_risk, request.coverage, request.max_novelty)
+
+
+def check_decision_fields(max_risk: float | None, coverage: float | None, max_novelty: float | None) -> None:
+    """The ranges of the decision fields (DESIGN §8); raises :class:`InputError` naming the field and the range."""
+    for name, value, (low, high) in (
+        ("max_risk", max_risk, MAX_RISK_RANGE),
+        ("coverage", coverage, COVERAGE_RANGE),
+        ("max_novelty", max_novelty, (0.0, 1.0)),
+    ):
+        if value is not None and not low <= value <= high:
+            raise InputError(f"{name}: must be between {low:g} and {high:g} (got {value:g})")

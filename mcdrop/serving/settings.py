@@ -69,6 +69,16 @@ class Settings(BaseSettings):
         description="Rows (texts x samples) that may wait per model; beyond it requests get 503 + Retry-After. "
         "0: 64 full engine calls (64 x max_batch_rows), and at least one full-size request.",
     )
+    max_risk: float | None = Field(
+        default=None,
+        ge=0.01,
+        le=0.5,
+        description="Default max_risk of a request that gives none: every prediction of a calibrated model then "
+        "carries an accept/abstain decision (unset: only requests that ask get one).",
+    )
+    coverage: float = Field(
+        default=0.9, ge=0.5, le=0.99, description="Default coverage of the conformal prediction sets."
+    )
     request_timeout_s: float = Field(
         default=30.0, gt=0.0, description="Deadline for a prediction from arrival to answer; past it the answer is 504."
     )

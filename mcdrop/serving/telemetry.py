@@ -21,6 +21,8 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from mcdrop.core.engine import Prediction
+
 __all__ = ["BASELINE_STATISTICS", "REJECT_REASONS", "Metrics", "ModelMetrics"]
 
 BASELINE_STATISTICS = (
@@ -29,7 +31,9 @@ BASELINE_STATISTICS = (
     "mutual_information_threshold",
     "high_mi_share",
     "mean_oov_fraction",
+    "abstain_share",
 )
+DECISION_OUTCOMES = (("accept", "none"), ("abstain", "uncertain"), ("abstain", "novel"))
 REJECT_REASONS = ("overloaded", "timeout", "not_ready")
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -38,6 +42,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _ENTROPY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.8, 1.0, 1.5, 2.0, 3.0)
 _MI_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+_NOVELTY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 _OOV_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
@@ -66,6 +71,8 @@ class ModelMetrics:
     high_uncertainty: Counter
     rejected: dict[str, Counter]
     mi_threshold: float | None
+    novelty: Histogram
+    decisions: dict[tuple[str, str], Counter]
 
     def observe_batch(self, n_texts: int, n_samples: int, seconds: float) -> None:
         self.inference_seconds.observe(seconds)
@@ -90,6 +97,14 @@ class ModelMetrics:
         self.predictions.inc(n)
         if high:
             self.high_uncertainty.inc(high)
+
+    def observe_decisions(self, predictions: Iterable[Prediction]) -> None:
+        """Novelty of every prediction that has one, and the outcome of every decision."""
+        for p in predictions:
+            if p.novelty is not None:
+                self.novelty.observe(p.novelty)
+            if p.decision is not None:
+                self.decisions[(p.decision.action, p.decision.reason or "none")].inc()
 
 
 class Metrics:
@@ -158,6 +173,21 @@ class Metrics:
             ("model",),
             registry=registry,
         )
+        self.novelty = Histogram(
+            "mcdrop_novelty",
+            "Novelty of served predictions: the share of calibration texts less surprising (0 typical, 1 unlike "
+            "anything the model was calibrated on).",
+            ("model",),
+            buckets=_NOVELTY_BUCKETS,
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "mcdrop_decisions_total",
+            "Decisions on served predictions: accept, or abstain because uncertain (score above the risk-controlling "
+            "threshold) or novel (novelty above max_novelty).",
+            ("model", "action", "reason"),
+            registry=registry,
+        )
         self.baseline = Gauge(
             "mcdrop_uncertainty_baseline",
             "Uncertainty statistics measured when the checkpoint was trained.",
@@ -209,6 +239,8 @@ class Metrics:
             high_uncertainty=self.high_uncertainty.labels(name),
             rejected={reason: self.rejected.labels(name, reason) for reason in REJECT_REASONS},
             mi_threshold=float(threshold) if isinstance(threshold, int | float) else None,
+            novelty=self.novelty.labels(name),
+            decisions={outcome: self.decisions.labels(name, *outcome) for outcome in DECISION_OUTCOMES},
         )
         self._models[name] = model
         return model

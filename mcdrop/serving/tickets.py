@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mcdrop.core.decisions import DecisionPolicy
 from mcdrop.serving.presentation import PredictionDict
 
 
@@ -45,6 +46,7 @@ class Ticket:
     deadline: float  # time.perf_counter() after which it is not started
     future: asyncio.Future[Result]
     enqueued: float = field(default_factory=time.perf_counter)  # the same clock as the deadline
+    policy: DecisionPolicy = field(default_factory=DecisionPolicy)  # what to decide; no effect on sampling
     released: bool = False  # its texts and rows no longer count against the queue limits
 
     @property

@@ -106,7 +106,11 @@ def test_one_sample_has_zero_mutual_information(client: TestClient) -> None:
         ({"texts": ["a" * 10_001]}, 422, "texts[0]: at most 10000 characters per text (got 10001)"),
         ({"texts": ["a"], "n_samples": 1001}, 422, "n_samples: must be between 1 and 1000 (got 1001)"),
         ({"texts": ["a"], "model": "nope"}, 404, "model 'nope' not found; available: tiny-mlp"),
-        ({"texts": ["a"], "extra": 1}, 422, "extra: unknown field (expected texts, model, n_samples, seed)"),
+        (
+            {"texts": ["a"], "extra": 1},
+            422,
+            "extra: unknown field (expected texts, model, n_samples, seed, max_risk, coverage, max_novelty)",
+        ),
     ],
 )
 def test_invalid_requests(client: TestClient, body: dict[str, Any], status: int, detail: str) -> None:

@@ -52,7 +52,9 @@ class FakeEngine:
     def name(self) -> str:
         return "fake"
 
-    def predict_many(self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int) -> list[list[Prediction]]:
+    def predict_many(
+        self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int, policies: Sequence[object] | None = None
+    ) -> list[list[Prediction]]:
         self.calls.append(([(list(texts), seed) for texts, seed in requests], n_samples))
         self.entered.set()
         if self.gate is not None:
@@ -271,7 +273,12 @@ def test_unexpected_error_fails_only_its_batch(executor: ThreadPoolExecutor, cap
     class Forgetful(FakeEngine):
         """The first call answers one request too few: a bug the worker must survive."""
 
-        def predict_many(self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int) -> list[list[Prediction]]:
+        def predict_many(
+            self,
+            requests: Sequence[tuple[Sequence[str], int]],
+            n_samples: int,
+            policies: Sequence[object] | None = None,
+        ) -> list[list[Prediction]]:
             results = super().predict_many(requests, n_samples)
             return results[:-1] if len(self.calls) == 1 else results
 
@@ -315,7 +322,12 @@ def test_close_finishes_queued_work_and_refuses_new(executor: ThreadPoolExecutor
 
 def test_engine_error_reaches_every_request_of_the_batch(executor: ThreadPoolExecutor) -> None:
     class Broken(FakeEngine):
-        def predict_many(self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int) -> list[list[Prediction]]:
+        def predict_many(
+            self,
+            requests: Sequence[tuple[Sequence[str], int]],
+            n_samples: int,
+            policies: Sequence[object] | None = None,
+        ) -> list[list[Prediction]]:
             raise MemoryError("out of memory")
 
     async def main() -> None:
@@ -376,7 +388,12 @@ def test_real_engine_answers_do_not_depend_on_batch_partners(
 
 def test_non_finite_predictions_are_refused(executor: ThreadPoolExecutor) -> None:
     class Broken(FakeEngine):
-        def predict_many(self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int) -> list[list[Prediction]]:
+        def predict_many(
+            self,
+            requests: Sequence[tuple[Sequence[str], int]],
+            n_samples: int,
+            policies: Sequence[object] | None = None,
+        ) -> list[list[Prediction]]:
             [[prediction]] = super().predict_many(requests, n_samples)
             return [[dataclasses.replace(prediction, entropy=math.nan)]]
 

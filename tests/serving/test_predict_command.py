@@ -23,6 +23,9 @@ FIELDS = {
     "oov_fraction",
     "n_tokens",
     "n_known_tokens",
+    "novelty",
+    "prediction_set",
+    "decision",
 }
 
 

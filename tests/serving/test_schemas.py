@@ -54,7 +54,10 @@ def test_valid_request_parses() -> None:
         ({"texts": ["a"], "n_samples": "5"}, "n_samples: Input should be a valid integer"),
         ({"texts": ["a"], "n_samples": 2.5}, "n_samples: Input should be a valid integer"),
         ({"texts": ["a"], "model": 1}, "model: Input should be a valid string"),
-        ({"texts": ["a"], "nsamples": 5}, "nsamples: unknown field (expected texts, model, n_samples, seed)"),
+        (
+            {"texts": ["a"], "nsamples": 5},
+            "nsamples: unknown field (expected texts, model, n_samples, seed, max_risk, coverage, max_novelty)",
+        ),
         (b"[]", "body: expected a JSON object"),
         (b"", "body: invalid JSON (EOF while parsing a value at line 1 column 0)"),
         (b'{"texts": [', "body: invalid JSON (EOF while parsing a list at line 1 column 11)"),

@@ -16,6 +16,8 @@ CONTRACT = {
     "mcdrop_predictive_entropy": {"model"},
     "mcdrop_mutual_information": {"model"},
     "mcdrop_oov_fraction": {"model"},
+    "mcdrop_novelty": {"model"},
+    "mcdrop_decisions_total": {"model", "action", "reason"},
     "mcdrop_predictions_total": {"model"},
     "mcdrop_high_uncertainty_total": {"model"},
     "mcdrop_uncertainty_baseline": {"model", "statistic"},
