@@ -4,8 +4,8 @@
 loads and warms them up in the background: the server accepts connections at once, ``/healthz`` answers 200 and
 ``/readyz`` 503 (with Retry-After) until every model is ready. On shutdown (SIGTERM) uvicorn stops accepting and
 waits for requests in flight; the lifespan then lets every batcher finish its queue and stops the inference
-thread. Endpoints live in :mod:`.routes`, request context in :mod:`.context`, how refusals read in :mod:`.errors`
-and the model state in :mod:`.registry`.
+thread. Endpoints live in :mod:`.routes` (``/v1``) and :mod:`.v2_routes` (``/v2``), request context in
+:mod:`.context`, how refusals read in :mod:`.errors` and the model state in :mod:`.registry`.
 
     app = create_app(Settings(model_dir="models"))     # then: uvicorn.run(app) or mcdrop serve
 """
@@ -27,6 +27,7 @@ from mcdrop.serving.registry import Service
 from mcdrop.serving.routes import router
 from mcdrop.serving.settings import Settings
 from mcdrop.serving.telemetry import Metrics
+from mcdrop.serving.v2_routes import router as v2_router
 
 logger = logging.getLogger(__name__)
 
@@ -72,5 +73,6 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
     app.state.service = Service(settings, metrics)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(v2_router)  # the Open Inference Protocol (KServe V2 REST) on the same models
     app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log)
     return app

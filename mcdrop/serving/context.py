@@ -10,7 +10,8 @@
 * counts ``mcdrop_requests_total`` / ``mcdrop_request_duration_seconds`` by route template (never the raw path);
 * writes the access log line (:mod:`mcdrop.serving.access_log`);
 * turns an unexpected exception into a logged traceback (with the request id) and a plain
-  ``500 {"detail": "internal server error"}``; a client that went away mid-request is no error (counted 499).
+  ``500 {"detail": "internal server error"}`` (``{"error": ...}`` under ``/v2``); a client that went away
+  mid-request is no error (counted 499).
 
 How each refusal reads (``{"detail": "<one line>"}``) is :mod:`mcdrop.serving.errors`' job.
 """
@@ -28,6 +29,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcdrop.serving.access_log import log_request, logged_path
+from mcdrop.serving.errors import is_v2_path
 from mcdrop.serving.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ TIMING_KEY = "mcdrop.timing"
 _ids = random.Random()  # seeded from os.urandom once; a syscall per request id would cost more than the id
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 _INTERNAL_ERROR = b'{"detail":"internal server error"}'
+_INTERNAL_ERROR_V2 = b'{"error":"internal server error"}'  # the Open Inference Protocol's clients read "error"
 
 
 class RequestIdFilter(logging.Filter):
@@ -124,17 +127,18 @@ class RequestContextMiddleware:
         except Exception:
             logger.exception("unhandled error in %s %s", scope["method"], logged_path(scope))
             if status == 0:
+                body = _INTERNAL_ERROR_V2 if is_v2_path(scope["path"]) else _INTERNAL_ERROR
                 await send_with_context(
                     {
                         "type": "http.response.start",
                         "status": 500,
                         "headers": [
                             (b"content-type", b"application/json"),
-                            (b"content-length", str(len(_INTERNAL_ERROR)).encode()),
+                            (b"content-length", str(len(body)).encode()),
                         ],
                     }
                 )
-                await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
+                await send({"type": "http.response.body", "body": body})
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"

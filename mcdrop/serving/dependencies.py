@@ -1,4 +1,5 @@
-"""Typed FastAPI dependencies of the routes: the API-key check, the ready service, and the bounded body read.
+"""Typed FastAPI dependencies of the routes: the API-key check, the ready service, the bounded body read, and the
+watcher that notices a client that went away.
 
     async def route(service: ReadyService, _: Authorized) -> ...
 
@@ -14,6 +15,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import Receive
 
 from mcdrop.serving.errors import RETRY_AFTER_LOADING_S
 from mcdrop.serving.registry import Service
@@ -26,13 +28,18 @@ def service_of(request: Request) -> Service:
     return service
 
 
+def not_ready(service: Service) -> HTTPException:
+    """The 503 (with Retry-After) that answers while models load, or after loading failed."""
+    reason = f"not ready: {service.detail}" if service.status == "failed" else "not ready: models are loading"
+    return HTTPException(503, reason, headers={"Retry-After": str(RETRY_AFTER_LOADING_S)})
+
+
 def ready_service(request: Request) -> Service:
     """The service once every model is ready; 503 with Retry-After before (and after a failed load)."""
     service = service_of(request)
     if not service.ready:
         service.metrics.reject(None, "not_ready")
-        reason = f"not ready: {service.detail}" if service.status == "failed" else "not ready: models are loading"
-        raise HTTPException(503, reason, headers={"Retry-After": str(RETRY_AFTER_LOADING_S)})
+        raise not_ready(service)
     return service
 
 
@@ -74,3 +81,9 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise HTTPException(413, f"body: at most {limit} bytes")
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def disconnected(receive: Receive) -> None:
+    """Returns once the client has gone (or the response is complete): the ``gone`` of ``Batcher.wait``."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -1,11 +1,14 @@
 """How every refusal reads over HTTP: the domain errors of :mod:`mcdrop.core.errors` mapped to statuses, once.
 
-Every refusal answers ``{"detail": "<one line>"}``:
+Every refusal answers ``{"detail": "<one line>"}`` (``{"error": "<one line>"}`` under ``/v2``, see below):
 
 * a domain error (:class:`~mcdrop.core.errors.McdropError`) gets the status of its class in ``STATUS`` (503s
   also say when to retry);
 * FastAPI's own refusals (``HTTPException``: auth, 413, 504, unknown paths) keep their status and detail;
 * a request FastAPI itself could not validate (path or query parameters) gets 422 naming each field.
+
+Under ``/v2`` (the Open Inference Protocol) the same refusals answer ``{"error": "<one line>"}``, the body the
+protocol's clients read, and invalid input is 400 instead of 422; auth, 413, 404, 503 and 504 keep their status.
 
 Anything else is an unexpected error: :class:`~mcdrop.serving.context.RequestContextMiddleware` logs it with the
 request id and answers a plain 500.
@@ -35,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 RETRY_AFTER_OVERLOADED_S = 1
 RETRY_AFTER_LOADING_S = 5
+V2_PREFIX = "/v2"
+# Statuses the Open Inference Protocol spells differently: invalid input is 400 there.
+V2_STATUS: dict[int, int] = {422: 400}
 
 # The status of each domain error a request can meet; checked in order (subclasses first).
 STATUS: tuple[tuple[type[McdropError], int], ...] = (
@@ -64,9 +70,22 @@ def detail_response(status: int, detail: Any, headers: Mapping[str, str] | None 
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
+def is_v2_path(path: str) -> bool:
+    """Whether ``path`` belongs to the Open Inference Protocol endpoints (``/v2`` and below)."""
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def _refusal(request: Request, status: int, detail: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The answer to a refusal in the dialect of the request's path."""
+    if is_v2_path(request.url.path):
+        message = detail if isinstance(detail, str) else str(detail)
+        return JSONResponse({"error": message}, status_code=V2_STATUS.get(status, status), headers=headers)
+    return detail_response(status, detail, headers)
+
+
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
-    return detail_response(error.status_code, error.detail, error.headers)
+    return _refusal(request, error.status_code, error.detail, error.headers)
 
 
 async def _domain_error(request: Request, error: Exception) -> JSONResponse:
@@ -76,7 +95,7 @@ async def _domain_error(request: Request, error: Exception) -> JSONResponse:
         raise error  # not a refusal: the request-context middleware logs it and answers 500
     if isinstance(error, OutOfMemory):
         logger.warning("%s", error)
-    return detail_response(status, str(error), retry_after(status))
+    return _refusal(request, status, str(error), retry_after(status))
 
 
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
@@ -84,11 +103,11 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     messages = [
         f"{'.'.join(str(part) for part in item['loc'][1:]) or item['loc'][0]}: {item['msg']}" for item in error.errors()
     ]
-    return detail_response(422, "; ".join(messages) or "invalid request")
+    return _refusal(request, 422, "; ".join(messages) or "invalid request")
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Every refusal answers ``{"detail": "<one line>"}`` with the right status."""
+    """Every refusal answers ``{"detail": "<one line>"}`` (``{"error": ...}`` under ``/v2``) with the right status."""
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(McdropError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

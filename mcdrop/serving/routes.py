@@ -19,11 +19,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import to_json
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive
 
 from mcdrop.core.errors import Overloaded
 from mcdrop.serving.context import TIMING_KEY, RequestTiming, request_id_var
-from mcdrop.serving.dependencies import AnyService, Authorized, ReadyService, read_body
+from mcdrop.serving.dependencies import AnyService, Authorized, ReadyService, disconnected, read_body
 from mcdrop.serving.errors import RETRY_AFTER_LOADING_S
 from mcdrop.serving.presentation import model_description
 from mcdrop.serving.registry import ServedModel, Service
@@ -57,12 +56,6 @@ _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     403: _error(403, "the API key is not one of the configured keys", "invalid API key"),
 }
 _NOT_READY = _error(503, "models are still loading (Retry-After)", "not ready: models are loading")
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Returns once the client has gone (or the response is complete)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 @router.post(
@@ -121,7 +114,7 @@ async def predict(request: Request, _: Authorized, service: ReadyService) -> Res
         service.metrics.reject(served.engine.name, "overloaded")
         raise
     try:
-        result = await served.batcher.wait(ticket, remaining_s, _disconnected(request.receive))
+        result = await served.batcher.wait(ticket, remaining_s, disconnected(request.receive))
     except TimeoutError:
         service.metrics.reject(served.engine.name, "timeout")
         raise HTTPException(504, f"deadline exceeded: no answer within {settings.request_timeout_s:g}s") from None
