@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Offline checks of the deployment files: Dockerfile, Kubernetes manifests, Prometheus configuration, alert
-# rules and their unit tests, the Compose file and the Grafana dashboard. No Docker engine is needed: the
+# Offline checks of the deployment files: Dockerfile, Kubernetes manifests, KServe InferenceServices, Prometheus
+# configuration, alert rules and their unit tests, the Compose file and the Grafana dashboard. No Docker engine is needed: the
 # image is linted, not built.
 #
 #   bash .ci/deploy-checks.sh            # uses the virtual environment in .venv
@@ -88,6 +88,37 @@ if [ ${#KUSTOMIZE[@]} -gt 0 ]; then
 else
     SKIPPED+=("kustomize rendering of deploy/k8s/{base,overlays/gpu}: neither kustomize nor kubectl found")
 fi
+
+# KServe InferenceServices against the v1beta1 schema of KServe's own CRD (deploy/kserve/make_schema.py says how
+# it was made), and proof that the check bites: each deliberately broken copy must be refused.
+KSERVE_SCHEMA=deploy/kserve/inferenceservice.schema.json
+KSERVE_FILES=(deploy/kserve/inferenceservice.yaml deploy/kserve/inferenceservice-gpu.yaml)
+check "check-jsonschema KServe InferenceService CRD schema (${#KSERVE_FILES[@]} manifests)" \
+    "$BIN/check-jsonschema" --schemafile "$KSERVE_SCHEMA" "${KSERVE_FILES[@]}"
+
+kserve_refuses_broken_copies() {
+    local manifest=deploy/kserve/inferenceservice.yaml dir="$WORK/kserve-broken" broken
+    mkdir -p "$dir"
+    # a field KServe's custom predictor does not have (it belongs to the model-format predictors)
+    sed 's/^  predictor:$/  predictor:\n    protocolVersion: v2/' "$manifest" >"$dir/unknown-field.yaml"
+    sed 's/^    minReplicas: 2$/    minReplicas: "2"/' "$manifest" >"$dir/wrong-type.yaml"
+    sed 's/^            name: cpu$/            name: gpu/' "$manifest" >"$dir/not-in-enum.yaml"
+    sed 's/^      - name: kserve-container$/      - image: mcdrop:0.1.0/; /^        image: mcdrop:0.1.0$/d' \
+        "$manifest" >"$dir/container-without-name.yaml"
+    sed 's/^kind: InferenceService$/kind: Deployment/' "$manifest" >"$dir/wrong-kind.yaml"
+    for broken in "$dir"/*.yaml; do
+        if cmp -s "$broken" "$manifest"; then
+            log "$(basename "$broken"): the edit did not apply, so it tests nothing"
+            return 1
+        fi
+        if "$BIN/check-jsonschema" --schemafile "$KSERVE_SCHEMA" "$broken" >"$dir/out.txt" 2>&1; then
+            log "$(basename "$broken") passed the KServe schema, but must not"
+            return 1
+        fi
+        log "  refused as expected: $(basename "$broken"): $(grep -m1 '::' "$dir/out.txt" | sed 's/^.*:://')"
+    done
+}
+check "KServe schema refuses broken InferenceServices" kserve_refuses_broken_copies
 
 check "promtool check config deploy/prometheus/prometheus.yml" \
     promtool check config deploy/prometheus/prometheus.yml

@@ -2,7 +2,8 @@
 
 Static checks (no tools needed): every MCDROP_* variable named in the Dockerfile, Compose file, Kubernetes
 manifests and docs/deploy.md is a real setting and the ConfigMap's values pass ``Settings`` validation; the
-container command is the same in the image and in Kubernetes; every file the Dockerfile copies is in the build
+container command is the same in the image and in Kubernetes; the KServe InferenceServices run that command with
+the ConfigMap's settings and probe endpoints the app serves; every file the Dockerfile copies is in the build
 context; every baseline statistic the dashboard and the alert rules name is one the service exports. Live check:
 every ``mcdrop_*`` metric (and label) that the Grafana dashboard and the alert rules query is exported by a running
 ``mcdrop serve``.
@@ -34,6 +35,8 @@ DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 CONFIGMAP = DEPLOY / "k8s" / "base" / "configmap.yaml"
 DEPLOYMENT = DEPLOY / "k8s" / "base" / "deployment.yaml"
+INFERENCE_SERVICES = sorted((DEPLOY / "kserve").glob("*.yaml"))
+KSERVE_PORT = "8080"  # KServe's default port for the kserve-container
 
 # Environment variables the deployment sets that are not mcdrop settings, and why.
 NON_SETTING_ENV = {"OMP_NUM_THREADS"}  # torch's CPU thread pool, sized to the container's CPU limit
@@ -155,6 +158,32 @@ def test_kubernetes_runs_the_image_command() -> None:
     match = re.search(r"^\s+args:\s*(\[.*\])\s*$", DEPLOYMENT.read_text(encoding="utf-8"), re.MULTILINE)
     assert match, "the Deployment's container has no flow-style args list"
     assert json.loads(match.group(1)) == command
+
+
+def _env_list(text: str) -> dict[str, str]:
+    """A container's ``env:`` entries written as ``- name: X`` / ``value: Y`` pairs."""
+    pairs = re.finditer(r"^\s+- name: ([A-Z][A-Z0-9_]*)\n\s+value: (.*?)\s*$", text, re.MULTILINE)
+    return {match.group(1): match.group(2).strip("'\"") for match in pairs}
+
+
+@pytest.mark.parametrize("path", INFERENCE_SERVICES, ids=lambda path: path.name)
+def test_kserve_runs_the_image_command_with_the_configmap_settings(path: Path) -> None:
+    from mcdrop.serving.app import create_app
+
+    text = path.read_text(encoding="utf-8")
+    env = _env_list(text)
+    assert env.pop("PROTOCOL") == "v2"  # how a custom predictor tells KServe it speaks the V2 protocol
+    assert env.pop("MCDROP_DEVICE") == ("cuda" if path.stem.endswith("-gpu") else "cpu")
+    assert env == {key: value for key, value in configmap_data().items() if key != "MCDROP_DEVICE"}
+    match = re.search(r"^\s+args:\s*(\[.*\])\s*$", text, re.MULTILINE)
+    assert match, "the InferenceService's container has no flow-style args list"
+    command = dockerfile_exec_form("CMD")
+    assert json.loads(match.group(1)) == [*command[: command.index("--port") + 1], KSERVE_PORT]
+    assert f"containerPort: {KSERVE_PORT}" in text and f'prometheus.io/port: "{KSERVE_PORT}"' in text
+    served = set(create_app().openapi()["paths"])
+    probed = set(re.findall(r"^\s+path: (/\S*)\s*$", text, re.MULTILINE))
+    assert probed == {"/v2/health/live", "/v2/health/ready"} and probed <= served
+    assert "prometheus.io/path: /metrics" in text and "/metrics" in served
 
 
 def test_dockerfile_copies_only_what_the_context_holds() -> None:
