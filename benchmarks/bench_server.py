@@ -1,19 +1,21 @@
 """Load benchmark of a real ``mcdrop serve``: throughput and latency with batching on and off.
 
-Starts the server (one per setting) on 127.0.0.1, drives it with closed-loop async clients (httpx; each client
-sends its next request when the previous answer arrives), one text per request, and prints throughput,
+Starts the server (one per setting) on 127.0.0.1, drives it with closed-loop async clients (each client sends its
+next request when the previous answer arrives), one text per request, to ``POST /v1/predict`` or, with
+``--endpoint v2``, to the Open Inference Protocol's ``POST /v2/models/{model}/infer`` (JSON tensors, every
+output), and prints throughput,
 p50/p99 latency, the batching on/off ratio and where a request's time goes, from the ``Server-Timing`` header:
 
     parse    body read + JSON/type validation + limits
     queue    waiting for its batch (the batching window, or the engine busy with earlier batches)
     engine   the engine call of its batch (shared with the requests merged into it)
     handoff  results to dicts, metrics, back to the event loop
-    encode   JSON response
+    encode   JSON response (/v2: the output tensors)
     outside  client latency minus the server's own total: HTTP parsing/writing, event-loop waits, the client
 
 Usage (uses ``models/rt-mlp`` and ``models/rt-gru``; stand-ins of the training defaults' shapes when absent):
 
-    python benchmarks/bench_server.py [--clients 1,8,32] [--n-samples 100] [--seconds 5] [--torch-threads 0]
+    python benchmarks/bench_server.py [--clients 1,8,32] [--n-samples 100] [--seconds 5] [--endpoint v1|v2]
 
 The clients share the machine with the server (2 cores here), so absolute numbers include that contention.
 """
@@ -151,6 +153,15 @@ def parse_server_timing(header: str) -> dict[str, float]:
     return parts
 
 
+def request(endpoint: str, model: str, text: str, n_samples: int) -> tuple[str, bytes]:
+    """The path and JSON body of one prediction request on ``/v1`` or ``/v2``."""
+    if endpoint == "v2":
+        tensor = {"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}
+        body: dict[str, Any] = {"inputs": [tensor], "parameters": {"n_samples": n_samples}}
+        return f"/v2/models/{model}/infer", json.dumps(body).encode()
+    return "/v1/predict", json.dumps({"texts": [text], "model": model, "n_samples": n_samples}).encode()
+
+
 class RawClient:
     """One keep-alive HTTP/1.1 connection speaking just enough HTTP for this benchmark.
 
@@ -183,28 +194,39 @@ class RawClient:
         self.writer.close()
 
 
-async def drive(
-    url: str, model: str, clients: int, n_samples: int, seconds: float, warmup_s: float, client_kind: str
-) -> Run:
+@dataclass(frozen=True)
+class Load:
+    """What the clients send, and for how long."""
+
+    model: str
+    clients: int
+    n_samples: int
+    seconds: float
+    warmup_s: float
+    client_kind: str
+    endpoint: str
+
+
+async def drive(url: str, load: Load) -> Run:
     texts = sentences(1000, seed=2)
     run = Run()
     host, port = url.removeprefix("http://").split(":")
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    limits = httpx.Limits(max_connections=load.clients, max_keepalive_connections=load.clients)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as pool:
         start = time.perf_counter()
-        measure_from = start + warmup_s
-        stop = measure_from + seconds
+        measure_from = start + load.warmup_s
+        stop = measure_from + load.seconds
 
         async def one_client(index: int) -> None:
             rng = random.Random(index)
-            raw = await RawClient.connect(host, int(port)) if client_kind == "raw" else None
+            raw = await RawClient.connect(host, int(port)) if load.client_kind == "raw" else None
             try:
                 while (now := time.perf_counter()) < stop:
-                    body = json.dumps({"texts": [rng.choice(texts)], "model": model, "n_samples": n_samples}).encode()
+                    path, body = request(load.endpoint, load.model, rng.choice(texts), load.n_samples)
                     if raw is not None:
-                        status, headers, _ = await raw.post("/v1/predict", body)
+                        status, headers, _ = await raw.post(path, body)
                     else:
-                        response = await pool.post("/v1/predict", content=body)
+                        response = await pool.post(path, content=body)
                         status, headers = response.status_code, dict(response.headers)
                     done = time.perf_counter()
                     if now < measure_from:
@@ -218,7 +240,7 @@ async def drive(
                 if raw is not None:
                     raw.close()
 
-        await asyncio.gather(*(one_client(i) for i in range(clients)))
+        await asyncio.gather(*(one_client(i) for i in range(load.clients)))
         run.seconds = time.perf_counter() - measure_from
     return run
 
@@ -233,6 +255,9 @@ def main() -> int:
     parser.add_argument("--warmup-seconds", type=float, default=1.0)
     parser.add_argument(
         "--client", choices=["raw", "httpx"], default="raw", help="raw: a minimal HTTP/1.1 client (default)"
+    )
+    parser.add_argument(
+        "--endpoint", choices=["v1", "v2"], default="v1", help="v1: /v1/predict; v2: /v2/models/{model}/infer"
     )
     parser.add_argument("--env", action="append", default=[], help="extra MCDROP_X=Y for the server")
     args = parser.parse_args()
@@ -266,13 +291,14 @@ def main() -> int:
         try:
             for name in names:
                 for n_clients in clients:
-                    run = asyncio.run(
-                        drive(url, name, n_clients, args.n_samples, args.seconds, args.warmup_seconds, args.client)
+                    load = Load(
+                        name, n_clients, args.n_samples, args.seconds, args.warmup_seconds, args.client, args.endpoint
                     )
+                    run = asyncio.run(drive(url, load))
                     results[(name, batching, n_clients)] = run
                     b = run.breakdown_ms()
                     print(
-                        f"{name:8s} batching={'on ' if batching else 'off'} clients={n_clients:3d}  "
+                        f"{name:8s} {args.endpoint} batching={'on ' if batching else 'off'} clients={n_clients:3d}  "
                         f"{run.throughput:7.1f} req/s  p50 {run.percentile_ms(0.5):7.1f} ms  "
                         f"p99 {run.percentile_ms(0.99):7.1f} ms  errors {run.errors}  | "
                         + "  ".join(f"{k} {v:.2f}" for k, v in b.items()),
@@ -281,7 +307,7 @@ def main() -> int:
         finally:
             server.stop(grace_s=60)
 
-    print(f"\nbatching on/off throughput ratio (N={args.n_samples}, one text per request):")
+    print(f"\nbatching on/off throughput ratio (N={args.n_samples}, one text per request, /{args.endpoint}):")
     for name in names:
         ratios = [
             f"{c} clients: {results[(name, True, c)].throughput / max(1e-9, results[(name, False, c)].throughput):.2f}x"
