@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from mcdrop.core.checkpoint import save_checkpoint
+from mcdrop.core.decisions import Calibration
+from mcdrop.core.novelty import NgramLanguageModel
 from mcdrop.core.registry import build_model
 from mcdrop.core.text import TextEncoder
 
@@ -36,9 +38,14 @@ def write_tiny_checkpoint(
     name: str = "tiny-mlp",
     labels: Sequence[str] = ("negative", "positive"),
     seed: int = 0,
+    calibrated: bool = False,
     **model_params: Any,
 ) -> Path:
-    """Write a small checkpoint to ``directory / name`` and return its path."""
+    """Write a small checkpoint to ``directory / name`` and return its path.
+
+    With ``calibrated=True`` it also gets a synthetic calibration (``tiny_calibration``) and a novelty model of
+    ``TINY_CORPUS``, so that it can serve decisions (``max_risk``) and novelty.
+    """
     torch.manual_seed(seed)
     params = {**DEFAULT_PARAMS[architecture], **model_params}
     encoder = TextEncoder.fit(
@@ -59,7 +66,29 @@ def write_tiny_checkpoint(
             "mean_oov_fraction": 0.05,
         },
     }
-    return save_checkpoint(directory / name, model, encoder, config)
+    if not calibrated:
+        return save_checkpoint(directory / name, model, encoder, config)
+    token_lists = [encoder.tokens(text) for text in TINY_CORPUS]
+    novelty_model = NgramLanguageModel.fit(token_lists, min_count=1)
+    calibration = tiny_calibration(novelty_model.mean_nll_many(token_lists).tolist())
+    return save_checkpoint(directory / name, model, encoder, config, calibration, novelty_model)
+
+
+def tiny_calibration(novelty_scores: Sequence[float], n: int = 500) -> Calibration:
+    """A synthetic calibration split of ``n`` texts: entropy scores spread over [0, 0.7], errors that become more
+    frequent as the score rises (every 50th text below 0.35, every 3rd above), and the given novelty scores.
+    At max_risk 0.1 it accepts a bit over the more certain half."""
+    scores = [0.7 * i / n for i in range(n)]
+    errors = [i % 50 == 49 if i < n // 2 else i % 3 == 0 for i in range(n)]
+    nonconformity = [0.05 + 0.9 * i / n for i in range(n)]
+    return Calibration(
+        score="entropy",
+        scores=scores,
+        errors=errors,
+        nonconformity=nonconformity,
+        grid=None,
+        novelty_scores=novelty_scores,
+    )
 
 
 @pytest.fixture
