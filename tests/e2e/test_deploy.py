@@ -120,6 +120,7 @@ def test_queries_were_found() -> None:
 def test_baseline_statistics_are_exported_ones() -> None:
     named = {name for query in referenced_queries() for name in STATISTIC_RE.findall(query)}
     assert "mean_oov_fraction" in named, "the input novelty panels and alert compare with this baseline"
+    assert "abstain_share" in named, "the abstention panels and alert compare with this baseline"
     assert named <= set(BASELINE_STATISTICS), f"not baseline statistics: {sorted(named - set(BASELINE_STATISTICS))}"
 
 
