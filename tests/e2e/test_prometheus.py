@@ -109,7 +109,7 @@ def as_plain_promql(expr: str) -> str:
 
 
 def test_prometheus_scrapes_predictions(make_checkpoint: MakeCheckpoint, tmp_path: Path) -> None:
-    # calibrated, so that the decision and novelty series are real too
+    # calibrated, so that the decision and novelty series the abstention alert and panels read are real too
     model_dir = make_checkpoint("mlp", calibrated=True).parent
     texts = ["a wonderful film", "a dull and boring mess", "great acting", "zzz qqq"]
     n_requests = 3
@@ -141,7 +141,11 @@ def test_prometheus_scrapes_predictions(make_checkpoint: MakeCheckpoint, tmp_pat
 
             wait_for(rules_evaluated, "the alert rules to be evaluated")
             rules = [r for g in api(prom, "rules")["groups"] for r in g["rules"]]
-            assert {r["name"] for r in rules} >= {"McdropHighErrorRate", "McdropUncertaintyDrift"}
+            assert {r["name"] for r in rules} >= {
+                "McdropHighErrorRate",
+                "McdropUncertaintyDrift",
+                "McdropAbstentionDrift",
+            }
             assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
             firing = [a["labels"]["alertname"] for a in api(prom, "alerts")["alerts"] if a["state"] == "firing"]
             assert firing == [], "a healthy service should fire no alert"
