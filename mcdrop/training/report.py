@@ -17,6 +17,7 @@ from torch import Tensor
 from mcdrop.core.engine import MCEngine
 from mcdrop.core.uncertainty import mutual_information, predictive_entropy
 from mcdrop.training.data import Dataset
+from mcdrop.training.decision_report import RiskCurve, decision_report
 from mcdrop.training.metrics import (
     classification_metrics,
     mc_uncertainties,
@@ -34,6 +35,7 @@ class EvalResult:
     deterministic: Tensor  # (B, C)
     samples: Tensor  # (S, B, C)
     report: dict[str, Any]
+    risk_curve: RiskCurve | None = None  # for a calibrated engine
 
     def summary(self) -> dict[str, Any]:
         """Headline figures (stored in the checkpoint's ``metrics``)."""
@@ -101,10 +103,23 @@ def evaluate_engine(
     }
     if ood_texts:
         report["ood"] = _ood_report(engine, samples, oov, ood_texts, n_samples, seed)
+    decided = decision_report(engine, dataset, ood_texts, n_samples, seed)
+    if decided is not None:
+        report["decisions"] = decided[0]
     report["summary"] = {
         "n_samples": n_samples,
         "deterministic": report["deterministic"],
         "mc": report["mc"],
         **({"ood_auroc": report["ood"]["auroc"]} if ood_texts else {}),
+        **({"decisions": _decision_summary(decided[0])} if decided is not None else {}),
     }
-    return EvalResult(deterministic, samples, report)
+    return EvalResult(deterministic, samples, report, None if decided is None else decided[1])
+
+
+def _decision_summary(decisions: dict[str, Any]) -> dict[str, Any]:
+    """Realized risk and coverage at each max_risk, conformal coverage at 0.9, novelty AUROCs."""
+    return {
+        "selective": {a: {"risk": r["risk"], "coverage": r["coverage"]} for a, r in decisions["selective"].items()},
+        "conformal_0.9": decisions["conformal"]["0.9"],
+        "novelty_auroc": {k: v["auroc"] for k, v in decisions.get("novelty", {}).items() if isinstance(v, dict)},
+    }

@@ -31,17 +31,19 @@ from mcdrop.core.contract import MCModel
 from mcdrop.core.engine import MCEngine
 from mcdrop.core.registry import MODEL_CLASSES, build_model
 from mcdrop.core.text import TextEncoder
+from mcdrop.training.calibrate import build_calibration, fit_novelty_model
 from mcdrop.training.calibration import apply_temperature, fit_temperature, uncertainty_baseline
 from mcdrop.training.data import Dataset, DataSplits, load_splits
 from mcdrop.training.loop import History, fit_model, init_embeddings_from, scale_embeddings
 from mcdrop.training.options import TrainOptions
-from mcdrop.training.plots import plot_reliability_diagram
+from mcdrop.training.plots import plot_reliability_diagram, plot_risk_coverage
 from mcdrop.training.report import evaluate_engine
 
 logger = logging.getLogger(__name__)
 
 REPORT_FILE = "eval_report.json"
 DIAGRAM_FILE = "reliability.png"
+RISK_COVERAGE_FILE = "risk_coverage.png"
 
 
 def build_encoder(train: Dataset, options: TrainOptions) -> TextEncoder:
@@ -66,6 +68,37 @@ def train(options: TrainOptions) -> Path:
     """Run one training end to end and return the checkpoint directory."""
     options.check()
     splits = load_splits(options.data, options.text_column, options.label_column, seed=options.split_seed)
+    model, encoder, history = _fit(options, splits)
+    out = Path(options.out) / options.name
+    config = _base_config(options, splits, encoder, history)
+    engine = _engine(model, encoder, config, out)
+    val_samples = engine.predict_samples(splits.validation.texts, options.n_samples, options.eval_seed)
+    config["temperature"] = _choose_temperature(val_samples, splits.validation.labels, options)
+    engine.temperature = config["temperature"]
+    val_samples = apply_temperature(val_samples, config["temperature"])
+    _calibrate(engine, splits, options)
+    result = evaluate_engine(engine, splits.test, splits.ood_texts, options.n_samples, options.eval_seed)
+    config["metrics"] = result.summary()
+    val_encoded = encoder.encode(splits.validation.texts)
+    val_oov = [val_encoded.oov_fraction(i) for i in range(len(val_encoded))]
+    config["uncertainty_baseline"] = uncertainty_baseline(val_samples, result.samples, val_oov)
+    save_checkpoint(out, model, encoder, config, engine.calibration, engine.novelty_model)
+    report = {"name": options.name, **result.report, "uncertainty_baseline": config["uncertainty_baseline"]}
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    title = f"{options.name}: test split, {options.n_samples} MC samples"
+    plot_reliability_diagram(
+        {"deterministic": result.deterministic, "MC mean": result.samples.mean(0)},
+        splits.test.labels,
+        out / DIAGRAM_FILE,
+        title=title,
+    )
+    if result.risk_curve is not None:
+        plot_risk_coverage(result.risk_curve, out / RISK_COVERAGE_FILE, title=title)
+    return out
+
+
+def _fit(options: TrainOptions, splits: DataSplits) -> tuple[MCModel, TextEncoder, History]:
+    """Vocabulary, model and its training (on the train split; early stopping on validation)."""
     torch.manual_seed(options.seed)
     encoder = build_encoder(splits.train, options)
     model = build_model(options.architecture, len(encoder.vocab), len(splits.label_names), options.model_params())
@@ -78,28 +111,24 @@ def train(options: TrainOptions) -> Path:
     train_ids, val_ids = encoder.encode(splits.train.texts).ids, encoder.encode(splits.validation.texts).ids
     history = fit_model(model, train_ids, splits.train.labels, val_ids, splits.validation.labels, options)
     model.to("cpu")
-    out = Path(options.out) / options.name
-    config = _base_config(options, splits, encoder, history)
-    engine = _engine(model, encoder, config, out)
-    val_samples = engine.predict_samples(splits.validation.texts, options.n_samples, options.eval_seed)
-    config["temperature"] = _choose_temperature(val_samples, splits.validation.labels, options)
-    engine.temperature = config["temperature"]
-    val_samples = apply_temperature(val_samples, config["temperature"])
-    result = evaluate_engine(engine, splits.test, splits.ood_texts, options.n_samples, options.eval_seed)
-    config["metrics"] = result.summary()
-    val_encoded = encoder.encode(splits.validation.texts)
-    val_oov = [val_encoded.oov_fraction(i) for i in range(len(val_encoded))]
-    config["uncertainty_baseline"] = uncertainty_baseline(val_samples, result.samples, val_oov)
-    save_checkpoint(out, model, encoder, config)
-    report = {"name": options.name, **result.report, "uncertainty_baseline": config["uncertainty_baseline"]}
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    plot_reliability_diagram(
-        {"deterministic": result.deterministic, "MC mean": result.samples.mean(0)},
-        splits.test.labels,
-        out / DIAGRAM_FILE,
-        title=f"{options.name}: test split, {options.n_samples} MC samples",
+    return model, encoder, history
+
+
+def _calibrate(engine: MCEngine, splits: DataSplits, options: TrainOptions) -> None:
+    """The novelty model (training texts) and the calibration (calibration split) of ``engine``, when there is a
+    calibration split."""
+    if splits.calibration is None:
+        logger.warning("no calibration split (too little data): the checkpoint will not support decisions")
+        return
+    engine.novelty_model = fit_novelty_model(splits.train.texts, engine.encoder)
+    engine.calibration = build_calibration(
+        engine,
+        splits.validation,
+        splits.calibration,
+        options.n_samples,
+        options.eval_seed,
+        source=f"calibration split of {options.data}: {len(splits.calibration)} texts, {splits.description['split']}",
     )
-    return out
 
 
 def _choose_temperature(samples: Tensor, labels: Sequence[int], options: TrainOptions) -> float:
@@ -126,6 +155,7 @@ def _base_config(options: TrainOptions, splits: DataSplits, encoder: TextEncoder
             **splits.description,
             "sizes": {
                 "train": len(splits.train),
+                "calibration": len(splits.calibration or ()),
                 "validation": len(splits.validation),
                 "test": len(splits.test),
                 "ood": len(splits.ood_texts),

@@ -123,6 +123,7 @@ def test_queries_were_found() -> None:
 def test_baseline_statistics_are_exported_ones() -> None:
     named = {name for query in referenced_queries() for name in STATISTIC_RE.findall(query)}
     assert "mean_oov_fraction" in named, "the input novelty panels and alert compare with this baseline"
+    assert "abstain_share" in named, "the abstention panels and alert compare with this baseline"
     assert named <= set(BASELINE_STATISTICS), f"not baseline statistics: {sorted(named - set(BASELINE_STATISTICS))}"
 
 
@@ -228,19 +229,26 @@ def running_server(model_dir: Path, log_path: Path, ready_timeout_s: float = 90.
         server.stop()
 
 
-def predict(server: ServerProcess, texts: list[str], seed: int = 0) -> dict[str, object]:
-    status, body = http("POST", server.url + "/v1/predict", {"texts": texts, "n_samples": 8, "seed": seed})
+def predict(server: ServerProcess, texts: list[str], seed: int = 0, max_risk: float | None = None) -> dict[str, Any]:
+    """POST /v1/predict; with ``max_risk`` every prediction also gets a decision (the model must be calibrated)."""
+    request: dict[str, object] = {"texts": texts, "n_samples": 8, "seed": seed}
+    if max_risk is not None:
+        request["max_risk"] = max_risk
+    status, body = http("POST", server.url + "/v1/predict", request)
     assert status == 200, body
-    result: dict[str, object] = json.loads(body)
+    result: dict[str, Any] = json.loads(body)
     return result
 
 
 @pytest.mark.slow
 def test_dashboard_and_alerts_query_only_exported_metrics(make_checkpoint: MakeCheckpoint, tmp_path: Path) -> None:
-    model_dir = make_checkpoint("mlp").parent  # its baseline has every statistic, mean_oov_fraction included
+    # Its baseline has every training statistic, mean_oov_fraction included; calibrated, it also exports
+    # abstain_share and serves decisions and novelty.
+    model_dir = make_checkpoint("mlp", calibrated=True).parent
     with running_server(model_dir, tmp_path / "serve.log") as server:
         assert http("GET", server.url + "/healthz")[0] == 200
-        predict(server, ["a wonderful film", "a boring mess of a film", "zzz qqq"])
+        result = predict(server, ["a wonderful film", "a boring mess of a film", "zzz qqq"], max_risk=0.1)
+        assert all(p["decision"] is not None and p["novelty"] is not None for p in result["predictions"])
         status, body = http("GET", server.url + "/metrics")
     assert status == 200
 

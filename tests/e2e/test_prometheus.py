@@ -109,23 +109,27 @@ def as_plain_promql(expr: str) -> str:
 
 
 def test_prometheus_scrapes_predictions(make_checkpoint: MakeCheckpoint, tmp_path: Path) -> None:
-    model_dir = make_checkpoint("mlp").parent
+    # calibrated, so that the decision and novelty series the abstention alert and panels read are real too
+    model_dir = make_checkpoint("mlp", calibrated=True).parent
     texts = ["a wonderful film", "a dull and boring mess", "great acting", "zzz qqq"]
     n_requests = 3
     with running_server(model_dir, tmp_path / "serve.log") as server:
         target = server.url.removeprefix("http://")
         with running_prometheus(target, tmp_path) as prom:
             for seed in range(n_requests):
-                predict(server, texts, seed=seed)
+                predict(server, texts, seed=seed, max_risk=0.1)
 
             def scraped() -> bool:
                 requests = scalar(prom, 'sum(mcdrop_requests_total{endpoint="/v1/predict", status="2xx"})')
                 entropies = scalar(prom, "sum(mcdrop_predictive_entropy_count)")
-                return requests >= n_requests and entropies >= n_requests * len(texts)
+                decisions = scalar(prom, "sum(mcdrop_decisions_total)")
+                return requests >= n_requests and min(entropies, decisions) >= n_requests * len(texts)
 
             wait_for(scraped, "the predictions in Prometheus")
             assert scalar(prom, "sum(mcdrop_predictions_total)") == n_requests * len(texts)
             assert scalar(prom, "sum(mcdrop_mutual_information_count)") == n_requests * len(texts)
+            assert scalar(prom, "sum(mcdrop_decisions_total)") == n_requests * len(texts)
+            assert scalar(prom, "sum(mcdrop_novelty_count)") == n_requests * len(texts)
             assert scalar(prom, 'count(mcdrop_model_info{model="tiny-mlp"})') == 1
             assert scalar(prom, 'up{job="mcdrop"}') == 1
 
@@ -137,7 +141,11 @@ def test_prometheus_scrapes_predictions(make_checkpoint: MakeCheckpoint, tmp_pat
 
             wait_for(rules_evaluated, "the alert rules to be evaluated")
             rules = [r for g in api(prom, "rules")["groups"] for r in g["rules"]]
-            assert {r["name"] for r in rules} >= {"McdropHighErrorRate", "McdropUncertaintyDrift"}
+            assert {r["name"] for r in rules} >= {
+                "McdropHighErrorRate",
+                "McdropUncertaintyDrift",
+                "McdropAbstentionDrift",
+            }
             assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
             firing = [a["labels"]["alertname"] for a in api(prom, "alerts")["alerts"] if a["state"] == "firing"]
             assert firing == [], "a healthy service should fire no alert"

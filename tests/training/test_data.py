@@ -45,14 +45,20 @@ def _movie_of(text: str) -> str:
 
 def test_rt_split_is_by_movie_with_the_right_counts(tmp_path: Path) -> None:
     splits = load_rotten_tomatoes(seed=3, path=_write_rt(tmp_path / "rt.csv.bz2"))
-    movies = [{_movie_of(t) for t in part.texts} for part in (splits.train, splits.validation, splits.test)]
-    assert not (movies[0] & movies[1]) and not (movies[0] & movies[2]) and not (movies[1] & movies[2])
-    assert [len(m) for m in movies] == [16, 2, 2]
-    assert [len(splits.train), len(splits.validation), len(splits.test)] == [48, 6, 6]  # duplicate dropped
+    assert splits.calibration is not None
+    parts = (splits.train, splits.calibration, splits.validation, splits.test)
+    movies = [{_movie_of(t) for t in part.texts} for part in parts]
+    assert all(not (a & b) for i, a in enumerate(movies) for b in movies[i + 1 :])
+    assert [len(m) for m in movies] == [14, 2, 2, 2]  # the calibration movies come out of the training 16
+    assert [len(part) for part in parts] == [42, 6, 6, 6]  # duplicate dropped
+    # holding out a calibration split leaves validation and test as they were
+    without = load_rotten_tomatoes(seed=3, path=_write_rt(tmp_path / "rt2.csv.bz2"), calibration_share=0.0)
+    assert without.calibration is None and len(without.train) == 48
+    assert (without.validation.texts, without.test.texts) == (splits.validation.texts, splits.test.texts)
     assert splits.label_names == RT_LABELS
     assert all(t.endswith(f"movie {t.rsplit(' ', 1)[-1]}") for t in splits.train.texts)
-    # OOD: plots of movies outside train/validation, plus plot-only movies; empty plots skipped.
-    expected_ood = {f"the plot of movie {m.split('_')[1]}" for m in movies[2] if int(m.split("_")[1]) % 2}
+    # OOD: plots of movies outside train/calibration/validation, plus plot-only movies; empty plots skipped.
+    expected_ood = {f"the plot of movie {m.split('_')[1]}" for m in movies[3] if int(m.split("_")[1]) % 2}
     assert set(splits.ood_texts) == expected_ood | {"a plot of a movie without reviews"}
     assert splits.description["split_seed"] == 3
 
@@ -84,12 +90,13 @@ def test_real_rt_corpus_split() -> None:
             if row["category"] != "plot":
                 movie_of.setdefault(row["text"].strip(), row["movie_name"])
     splits = load_splits("rt", seed=0)
-    parts = (splits.train, splits.validation, splits.test)
+    assert splits.calibration is not None
+    parts = (splits.train, splits.calibration, splits.validation, splits.test)
     movies = [{movie_of[t] for t in part.texts} for part in parts]
-    assert not (movies[0] & movies[1]) and not (movies[0] & movies[2]) and not (movies[1] & movies[2])
+    assert all(not (a & b) for i, a in enumerate(movies) for b in movies[i + 1 :])
     assert [len(m) for m in movies] == list(splits.description["n_movies"].values())
     assert sum(len(p) for p in parts) == len(movie_of) - ("" in movie_of)
-    assert len(movies[0]) > 7 * len(movies[2]) > 0
+    assert len(movies[0]) > 6 * len(movies[3]) > 0 and len(movies[1]) > 0
     assert len(splits.ood_texts) > 900
 
 
@@ -129,9 +136,10 @@ def test_file_loader_reads_every_format_multiclass(tmp_path: Path, suffix: str) 
 def test_file_splits_are_seeded_and_disjoint(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "d.csv", ROWS)
     splits = load_file_splits(path, "review", "stars", seed=5)
-    parts = [set(splits.train.texts), set(splits.validation.texts), set(splits.test.texts)]
-    assert [len(p) for p in parts] == [24, 3, 3]
-    assert len(parts[0] | parts[1] | parts[2]) == 30
+    assert splits.calibration is not None
+    parts = [set(part.texts) for part in (splits.train, splits.calibration, splits.validation, splits.test)]
+    assert [len(p) for p in parts] == [21, 3, 3, 3]
+    assert len(parts[0] | parts[1] | parts[2] | parts[3]) == 30
     assert load_file_splits(path, "review", "stars", seed=5).test.texts == splits.test.texts
 
 

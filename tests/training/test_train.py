@@ -24,13 +24,13 @@ FILLER = ["the", "film", "was", "a", "plot", "and", "acting", "story"]
 
 @pytest.fixture
 def reviews_csv(tmp_path: Path) -> Path:
-    """120 three-class reviews: two cue words of the label among filler words."""
+    """140 three-class reviews: two cue words of the label among filler words."""
     rng = random.Random(0)
     path = tmp_path / "reviews.csv"
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["body", "verdict", "source"])
-        for i in range(120):
+        for i in range(140):
             label = list(WORDS)[i % 3]
             words = rng.sample(FILLER, 4) + rng.sample(WORDS[label], 2)
             rng.shuffle(words)
@@ -85,7 +85,7 @@ def test_train_mlp_writes_a_checkpoint_whose_metrics_round_trip(
     config = json.loads((directory / "config.json").read_text())
     assert config["labels"] == ["bad", "good", "meh"]
     assert config["default_n_samples"] == 8
-    assert config["training"]["sizes"] == {"train": 96, "validation": 12, "test": 12, "ood": 0}
+    assert config["training"]["sizes"] == {"train": 98, "calibration": 14, "validation": 14, "test": 14, "ood": 0}
     assert set(config["uncertainty_baseline"]) == {
         "mean_entropy",
         "mean_mutual_information",
