@@ -245,6 +245,24 @@ async def drive(url: str, load: Load) -> Run:
     return run
 
 
+def prepare_models(source_dir: Path, names: list[str], workdir: Path) -> Path:
+    """A model directory with the named checkpoints: copies from ``source_dir``, stand-ins for those missing."""
+    model_dir = workdir / "models"
+    model_dir.mkdir()
+    for name in names:
+        source = source_dir / name
+        if (source / "config.json").is_file():
+            shutil.copytree(source, model_dir / name)
+    missing = [n for n in names if not (model_dir / n).exists()]
+    if missing:
+        print(f"note: {', '.join(missing)} not under {source_dir}; using untrained stand-ins of the default shapes")
+        stand_in_dir = workdir / "stand-ins"
+        stand_in_models(stand_in_dir)
+        for name in missing:
+            shutil.copytree(stand_in_dir / name, model_dir / name)
+    return model_dir
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=REPO / "models")
@@ -266,19 +284,7 @@ def main() -> int:
     extra_env = dict(item.split("=", 1) for item in args.env)
 
     workdir = Path(tempfile.mkdtemp(prefix="mcdrop-bench-"))
-    model_dir = workdir / "models"
-    model_dir.mkdir()
-    for name in names:
-        source = args.model_dir / name
-        if (source / "config.json").is_file():
-            shutil.copytree(source, model_dir / name)
-    missing = [n for n in names if not (model_dir / n).exists()]
-    if missing:
-        print(f"note: {', '.join(missing)} not under {args.model_dir}; using untrained stand-ins of the default shapes")
-        stand_in_dir = workdir / "stand-ins"
-        stand_in_models(stand_in_dir)
-        for name in missing:
-            shutil.copytree(stand_in_dir / name, model_dir / name)
+    model_dir = prepare_models(args.model_dir, names, workdir)
 
     results: dict[tuple[str, bool, int], Run] = {}
     for batching in (True, False):
