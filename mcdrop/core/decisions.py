@@ -63,10 +63,11 @@ class DecisionPolicy:
     max_novelty: float = DEFAULT_MAX_NOVELTY
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
     """Accept or abstain, why, and the numbers it rests on (``threshold`` is None when no threshold meets
-    ``max_risk``: then every prediction abstains and ``detail`` says so)."""
+    ``max_risk``: then every prediction abstains and ``detail`` says so). Not frozen: one is made per served
+    text, and a frozen dataclass costs several times more to build."""
 
     action: Action
     reason: Reason | None
@@ -76,6 +77,18 @@ class Decision:
     novelty: float | None
     max_novelty: float
     detail: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "reason": self.reason,
+            "max_risk": self.max_risk,
+            "score": self.score,
+            "threshold": self.threshold,
+            "novelty": self.novelty,
+            "max_novelty": self.max_novelty,
+            "detail": self.detail,
+        }
 
 
 def _floats(data: Mapping[str, Any], key: str, source: str) -> list[float]:
@@ -148,24 +161,50 @@ class Calibration:
 
     def decide(self, score: float, novelty: float | None, policy: DecisionPolicy) -> Decision:
         """The decision for one prediction; ``policy.max_risk`` must be set."""
-        alpha = policy.max_risk
-        if alpha is None:
+        if policy.max_risk is None:
             raise ValueError("a decision needs max_risk")
-        found = self.threshold(alpha)
+        return self._decision(score, novelty, policy, self.threshold(policy.max_risk))
 
-        def decision(action: Action, reason: Reason | None, detail: str | None = None) -> Decision:
-            return Decision(action, reason, alpha, score, found.threshold, novelty, policy.max_novelty, detail)
+    def decide_many(
+        self,
+        means: Sequence[Sequence[float]],
+        entropies: Sequence[float],
+        mis: Sequence[float],
+        novelties: Sequence[float | None],
+        policies: Sequence[DecisionPolicy],
+    ) -> list[tuple[list[int], Decision | None]]:
+        """The conformal set (label indices) and decision of each prediction; the per-policy work (threshold,
+        quantile) is done once per distinct policy, since this runs for every served text."""
+        score_of = self.score_of
+        plans: dict[DecisionPolicy, tuple[float, RiskThreshold | None]] = {}
+        out: list[tuple[list[int], Decision | None]] = []
+        for mean, h, mi, novelty, policy in zip(means, entropies, mis, novelties, policies, strict=True):
+            plan = plans.get(policy)
+            if plan is None:
+                found = None if policy.max_risk is None else self.threshold(policy.max_risk)
+                plan = plans[policy] = (self.quantile(policy.coverage), found)
+            qhat, found = plan
+            members = [c for c, p in enumerate(mean) if 1.0 - p <= qhat]
+            decision = None
+            if found is not None:
+                decision = self._decision(score_of(mean, h, mi), novelty, policy, found)
+            out.append((members, decision))
+        return out
 
+    def _decision(self, score: float, novelty: float | None, policy: DecisionPolicy, found: RiskThreshold) -> Decision:
+        alpha = found.max_risk
+        threshold = found.threshold
         if novelty is not None and novelty > policy.max_novelty:
-            return decision("abstain", "novel")
-        if found.threshold is None:
-            return decision(
-                "abstain",
-                "uncertain",
+            return Decision("abstain", "novel", alpha, score, threshold, novelty, policy.max_novelty)
+        if threshold is None:
+            detail = (
                 f"no threshold keeps the risk at or below {alpha:g} with confidence {1 - self.delta:g} on "
-                f"{self.n_calibration} calibration texts: every prediction abstains; raise max_risk",
+                f"{self.n_calibration} calibration texts: every prediction abstains; raise max_risk"
             )
-        return decision("accept", None) if score <= found.threshold else decision("abstain", "uncertain")
+            return Decision("abstain", "uncertain", alpha, score, None, novelty, policy.max_novelty, detail)
+        if score <= threshold:
+            return Decision("accept", None, alpha, score, threshold, novelty, policy.max_novelty)
+        return Decision("abstain", "uncertain", alpha, score, threshold, novelty, policy.max_novelty)
 
     def summary(self) -> dict[str, Any]:
         """For ``/v1/models``: δ, the score, thresholds and calibration coverage at α = 0.05/0.1/0.2, and more."""

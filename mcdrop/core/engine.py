@@ -23,14 +23,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from mcdrop.core.checkpoint import Checkpoint, load_checkpoint
-from mcdrop.core.decisions import Decision, DecisionPolicy, score_values
+from mcdrop.core.decisions import Decision, DecisionPolicy
 from mcdrop.core.dropout import MaskSampler
 from mcdrop.core.errors import ConfigError, McdropError, OutOfMemory
-from mcdrop.core.text import EncodedTexts
+from mcdrop.core.novelty import NgramLanguageModel
+from mcdrop.core.text import EncodedTexts, Vocabulary
 from mcdrop.core.uncertainty import summarize
 
 logger = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ class Prediction:
             "n_known_tokens": self.n_known_tokens,
             "novelty": self.novelty,
             "prediction_set": self.prediction_set,
-            "decision": None if self.decision is None else dict(vars(self.decision)),
+            "decision": None if self.decision is None else self.decision.to_dict(),
         }
 
 
@@ -136,6 +138,8 @@ class MCEngine:
         self.temperature = checkpoint.temperature
         self.calibration = checkpoint.calibration
         self.novelty_model = checkpoint.novelty_model
+        # encoder id -> novelty-model id, built for the novelty model it was made with
+        self._novelty_table: tuple[NgramLanguageModel | None, np.ndarray[Any, Any]] = (None, np.zeros(0))
 
     @property
     def name(self) -> str:
@@ -253,7 +257,13 @@ class MCEngine:
         return self.predict_many([request], n, None if policy is None else [policy])[0]
 
     def _decisions(
-        self, stats: Any, encoded: EncodedTexts, index: list[int], policies: Sequence[DecisionPolicy]
+        self,
+        mean: list[list[float]],
+        entropy: list[float],
+        mi: list[float],
+        encoded: EncodedTexts,
+        index: list[int],
+        policies: Sequence[DecisionPolicy],
     ) -> list[tuple[float | None, list[str] | None, Decision | None]]:
         """Novelty, conformal set and decision of each input (all ``None`` without a calibration)."""
         calibration = self.calibration
@@ -261,24 +271,35 @@ class MCEngine:
             return [(None, None, None)] * len(index)
         novelty: list[float | None] = [None] * len(index)
         if calibration.novelty is not None and self.novelty_model is not None:
-            nll = self.novelty_model.mean_nll_many([encoded.tokens[i] for i in index])
-            novelty = [float(v) for v in calibration.novelty.novelty_many(nll)]
-        mean = stats.mean.double().numpy()  # (b, C)
-        scores = score_values(calibration.score, mean, stats.entropy.tolist(), stats.mutual_information.tolist())
+            novelty = calibration.novelty.novelty_many(self._novelty_nll(encoded, index)).tolist()
         labels = self.labels
-        out: list[tuple[float | None, list[str] | None, Decision | None]] = []
-        for j, i in enumerate(index):
-            policy = policies[i]
-            members = calibration.prediction_set(mean[j].tolist(), policy.coverage)
-            decision = None if policy.max_risk is None else calibration.decide(scores[j], novelty[j], policy)
-            out.append((novelty[j], [labels[c] for c in members], decision))
-        return out
+        decided = calibration.decide_many(mean, entropy, mi, novelty, [policies[i] for i in index])
+        return [
+            (v, [labels[c] for c in members], decision) for v, (members, decision) in zip(novelty, decided, strict=True)
+        ]
+
+    def _novelty_nll(self, encoded: EncodedTexts, index: list[int]) -> np.ndarray[Any, Any]:
+        """The novelty model's mean NLL per token of each input, from the encoder's ids: the words were looked up
+        once already, so only the words the encoder does not know are looked up again (the novelty model may)."""
+        model = self.novelty_model
+        assert model is not None
+        if self._novelty_table[0] is not model:
+            table = np.array([model.token_id(t) for t in self.encoder.vocab.tokens], dtype=np.int64)
+            self._novelty_table = (model, table)
+        table = self._novelty_table[1]
+        lengths = [encoded.n_tokens[i] for i in index]
+        flat = np.array([t for i in index for t in encoded.ids[i][: encoded.n_tokens[i]]], dtype=np.int64)
+        ids = table[flat] if flat.size else flat
+        unknown = np.flatnonzero(flat == Vocabulary.UNK_ID)
+        if unknown.size:
+            words = [w for i in index for w in encoded.tokens[i]]
+            ids[unknown] = [model.token_id(words[k]) for k in unknown.tolist()]
+        return model.mean_nll_ids(ids, lengths)
 
     def _summaries(
         self, probs: Tensor, encoded: EncodedTexts, index: list[int], policies: Sequence[DecisionPolicy]
     ) -> list[Prediction]:
         stats = summarize(probs)
-        decided = self._decisions(stats, encoded, index, policies)
         labels = self.labels
         # One bulk conversion to Python floats: per-element tensor access costs more than the maths.
         mean, var, err = (t.tolist() for t in (stats.mean, stats.variance, stats.std_error))
@@ -286,6 +307,7 @@ class MCEngine:
         ent, exp_ent, mi, vr = (
             t.tolist() for t in (stats.entropy, stats.expected_entropy, stats.mutual_information, stats.variation_ratio)
         )
+        decided = self._decisions(mean, ent, mi, encoded, index, policies)
         return [
             Prediction(
                 label=labels[top[j]],

@@ -124,6 +124,12 @@ class NgramLanguageModel:
         for v, w, nll in zip(context.tolist(), word.tolist(), nll_seen.tolist(), strict=True):
             self._nll_seen[v][w] = nll
         self._ids = {token: index for index, token in enumerate(self.vocab, start=3)}
+        # The same numbers as arrays, for scoring a whole batch at once: seen bigrams keyed by v * size + w.
+        keys = context.astype(np.int64) * size + word
+        order = np.argsort(keys, kind="stable")
+        self._size = size
+        self._seen_keys, self._seen_nll = keys[order], nll_seen[order]
+        self._backoff_arr, self._unigram_arr = -np.log(gamma), nll_p1
 
     def mean_nll(self, tokens: Sequence[str]) -> float:
         """Mean negative log-likelihood (nats) over the tokens and the closing ``</s>``."""
@@ -138,9 +144,44 @@ class NgramLanguageModel:
         total += backoff[previous] + unigram[_EOS] if nll is None else nll
         return total / (len(tokens) + 1)
 
+    def token_id(self, token: str) -> int:
+        """The model's id of ``token`` (that of ``<unk>`` for a word it does not know)."""
+        return self._ids.get(token, _UNK)
+
     def mean_nll_many(self, token_lists: Iterable[Sequence[str]]) -> FloatArray:
-        """``mean_nll`` of every text, as a float array."""
-        return np.array([self.mean_nll(tokens) for tokens in token_lists], dtype=np.float64)
+        """``mean_nll`` of every text, as a float array (equal up to float rounding of the sums)."""
+        ids = self._ids
+        flat: list[int] = []
+        lengths: list[int] = []
+        for tokens in token_lists:
+            flat.extend([ids.get(token, _UNK) for token in tokens])
+            lengths.append(len(tokens))
+        return self.mean_nll_ids(np.array(flat, dtype=np.int64), lengths)
+
+    def mean_nll_ids(self, ids: NDArray[np.int64], lengths: Sequence[int]) -> FloatArray:
+        """``mean_nll`` of texts given as the model's token ids, concatenated (``lengths[i]`` ids each).
+
+        It runs for every served text, so it is array operations over the whole batch: the bigram look-ups are a
+        search in the sorted keys ``v * size + w`` and the per-text means one ``reduceat``.
+        """
+        if not len(lengths):
+            return np.zeros(0, dtype=np.float64)
+        counts = np.asarray(lengths, dtype=np.int64) + 1  # each text's tokens and its </s>
+        ends = np.cumsum(counts) - 1
+        starts = ends - counts + 1
+        cur = np.full(int(counts.sum()), _EOS, dtype=np.int64)
+        mask = np.ones(cur.size, dtype=bool)
+        mask[ends] = False
+        cur[mask] = ids
+        prev = np.empty_like(cur)
+        prev[1:] = cur[:-1]
+        prev[starts] = _BOS  # each text starts after <s>, not after the previous text's </s>
+        keys = prev * self._size + cur
+        at = np.minimum(np.searchsorted(self._seen_keys, keys), len(self._seen_keys) - 1)
+        seen = self._seen_keys[at] == keys
+        nll = np.where(seen, self._seen_nll[at], self._backoff_arr[prev] + self._unigram_arr[cur])
+        out: FloatArray = np.add.reduceat(nll, starts) / counts
+        return out
 
     def next_token_probs(self, previous: str | None) -> dict[str, float]:
         """P(next | previous) over the vocabulary, ``</s>`` and the ``<unk>`` class; ``None`` = text start.

@@ -15,9 +15,11 @@ import sys
 from collections.abc import Iterator
 from typing import TextIO
 
-from mcdrop.core.engine import load_engine, random_seed
-from mcdrop.core.errors import McdropError
+from mcdrop.core.decisions import DEFAULT_COVERAGE, DecisionPolicy
+from mcdrop.core.engine import MCEngine, load_engine, random_seed
+from mcdrop.core.errors import InputError, McdropError
 from mcdrop.serving.presentation import prediction_dict
+from mcdrop.serving.schemas import check_decision_fields
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +86,29 @@ def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
+def _policy(args: argparse.Namespace, engine: MCEngine) -> DecisionPolicy:
+    """The decision flags, range-checked as the HTTP API checks them; refused for an uncalibrated model."""
+    check_decision_fields(args.max_risk, args.coverage, args.max_novelty)
+    wanted = {"--max-risk": args.max_risk, "--coverage": args.coverage, "--max-novelty": args.max_novelty}
+    if engine.calibration is None:
+        asked = [flag for flag, value in wanted.items() if value is not None]
+        if asked:
+            raise InputError(
+                f"{asked[0]}: model {engine.name} has no calibration; calibrate it with "
+                "`mcdrop calibrate CHECKPOINT --data FILE --out DIR`"
+            )
+        return DecisionPolicy()
+    return DecisionPolicy(
+        max_risk=args.max_risk,
+        coverage=DEFAULT_COVERAGE if args.coverage is None else args.coverage,
+        max_novelty=engine.calibration.max_novelty if args.max_novelty is None else args.max_novelty,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``mcdrop predict``."""
     engine = load_engine(args.checkpoint, device=args.device, max_batch_rows=args.max_batch_rows)
+    policy = _policy(args, engine)
     n_samples = args.n_samples or engine.default_n_samples
     seed = random_seed() if args.seed is None else args.seed
     if args.seed is None:
@@ -101,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         if fmt == "auto" and source.endswith((".jsonl", ".ndjson")):
             fmt = "jsonl"
         for batch in _batches(_read_texts(stream, source, fmt), args.batch_size):
-            for prediction in engine.predict(batch, n_samples=n_samples, seed=seed):
+            for prediction in engine.predict(batch, n_samples=n_samples, seed=seed, policy=policy):
                 sys.stdout.write(json.dumps(prediction_dict(prediction), ensure_ascii=False) + "\n")
     except UnicodeDecodeError as error:
         raise McdropError(f"{source}: not valid UTF-8 text ({error.reason})") from error
@@ -126,6 +148,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--n-samples", type=positive_int, default=None, help="MC samples (default: the model's)")
     parser.add_argument("--seed", type=non_negative_int, default=None, help="seed; the same seed reproduces exactly")
+    parser.add_argument("--max-risk", type=float, default=None, help="decide accept/abstain at this risk (0.01-0.5)")
+    parser.add_argument("--coverage", type=float, default=None, help="conformal set coverage (0.5-0.99; 0.9)")
+    parser.add_argument("--max-novelty", type=float, default=None, help="abstain as novel above this (0-1; 0.99)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="texts read per engine call")
     parser.add_argument("--max-batch-rows", type=positive_int, default=4096, help="rows (texts x samples) per pass")

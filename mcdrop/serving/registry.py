@@ -11,6 +11,7 @@ All inference, warm-up included, runs on one shared thread: the machine's cores 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import time
@@ -116,6 +117,11 @@ class Service:
             logger.exception("loading models failed")
             self._fail(f"loading models failed: {type(error).__name__}: {error}")
             return
+        # The loaded models (weights, vocabularies, the novelty model's ~10^5 dict entries) live as long as the
+        # process: move them out of the garbage collector's generations, so that a collection triggered by request
+        # garbage no longer traverses them (it cost a served MLP batch of 32 texts about a quarter of its time).
+        gc.collect()
+        gc.freeze()
         self.status = "ready"
         self.metrics.ready.set(1)
         logger.info(

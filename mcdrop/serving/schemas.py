@@ -91,18 +91,18 @@ class PredictRequest(BaseModel):
         description=f"Seed in 0..{MAX_SEED}; the same seed, texts, model and n_samples give the same answer. "
         "Omitted: the server draws one and reports it.",
     )
-    max_risk: StrictFloat | StrictInt | None = Field(
+    max_risk: StrictFloat | None = Field(
         None,
         description=f"Decide accept/abstain so that the error rate among accepted predictions stays at most this "
         f"({MAX_RISK_RANGE[0]}..{MAX_RISK_RANGE[1]}) with probability 1 - delta, for inputs like the calibration "
         "split; MCDROP_MAX_RISK when omitted (no decision when that is unset too). Needs a calibrated model.",
     )
-    coverage: StrictFloat | StrictInt | None = Field(
+    coverage: StrictFloat | None = Field(
         None,
         description=f"Target coverage of the conformal prediction sets ({COVERAGE_RANGE[0]}..{COVERAGE_RANGE[1]}); "
         "MCDROP_COVERAGE when omitted.",
     )
-    max_novelty: StrictFloat | StrictInt | None = Field(
+    max_novelty: StrictFloat | None = Field(
         None,
         description="Abstain as 'novel' above this novelty (0..1); the model's limit when omitted (0.99).",
     )

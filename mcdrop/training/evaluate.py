@@ -1,7 +1,8 @@
 """``mcdrop eval CHECKPOINT_DIR``: run a checkpoint through the MC engine and report how it scores.
 
 Prints the JSON report of :func:`mcdrop.training.report.evaluate_engine` on the checkpoint's own test split (or
-on ``--data``); with ``--out`` also writes ``eval_report.json`` and a reliability diagram.
+on ``--data``); with ``--out`` also writes ``eval_report.json``, a reliability diagram and, for a calibrated
+checkpoint, the risk-coverage plot.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from mcdrop.core.engine import load_engine
 from mcdrop.core.errors import ConfigError, DatasetError
 from mcdrop.training.data import RT_NAME, Dataset, load_splits, read_labelled_file
-from mcdrop.training.plots import plot_reliability_diagram
+from mcdrop.training.plots import plot_reliability_diagram, plot_risk_coverage
 from mcdrop.training.report import evaluate_engine
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         (out / "eval_report.json").write_text(text + "\n", encoding="utf-8")
         curves = {"deterministic": result.deterministic, "MC mean": result.samples.mean(dim=0)}
         plot_reliability_diagram(curves, dataset.labels, out / "reliability.png", title=f"{engine.name}")
-        logger.info("wrote %s and %s", out / "eval_report.json", out / "reliability.png")
+        if result.risk_curve is not None:
+            plot_risk_coverage(result.risk_curve, out / "risk_coverage.png", title=f"{engine.name}")
+        logger.info("wrote %s and the plots to %s", out / "eval_report.json", out)
     print(text)
     return 0

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from mcdrop.core.errors import ConfigError
 from mcdrop.serving.serve import add_arguments, build_settings
-from mcdrop.serving.settings import Settings, describe_errors
+from mcdrop.serving.settings import Settings, describe_errors, env_name
 
 KEY_A = "k" * 16
 KEY_B = "0123456789abcdef-xyz"
@@ -143,3 +143,11 @@ def test_every_setting_has_a_flag_and_flags_override_env(monkeypatch: pytest.Mon
 def test_bad_flag_value_raises_a_config_error_naming_flag_and_variable() -> None:
     with pytest.raises(ConfigError, match=r"MCDROP_MAX_N_SAMPLES \(--max-n-samples\): Input should be greater"):
         build_settings(_parse(["--max-n-samples", "0"]))
+
+
+def test_every_setting_is_documented_in_the_readme_and_the_api_reference() -> None:
+    root = Path(__file__).resolve().parents[2]
+    for document in ("README.md", "docs/api.md"):
+        text = (root / document).read_text(encoding="utf-8")
+        missing = [env_name(field) for field in Settings.model_fields if f"| `{env_name(field)}` |" not in text]
+        assert not missing, f"{document} has no settings row for {', '.join(missing)}"

@@ -103,6 +103,8 @@ def test_train_mlp_writes_a_checkpoint_whose_metrics_round_trip(
     assert report["mc"] == config["metrics"]["mc"]
     assert report["deterministic"] == config["metrics"]["deterministic"]
     assert (tmp_path / "ev" / "reliability.png").is_file()
+    assert (tmp_path / "ev" / "risk_coverage.png").is_file()  # the checkpoint is calibrated
+    assert set(report["decisions"]) >= {"selective", "conformal", "novelty"}
 
 
 def test_training_is_reproducible_and_predictions_round_trip(reviews_csv: Path, tmp_path: Path) -> None:
