@@ -204,7 +204,9 @@ async def drive(
                     if raw is not None:
                         status, headers, _ = await raw.post("/v1/predict", body)
                     else:
-                        response = await pool.post("/v1/predict", content=body)
+                        response = await pool.post(
+                            "/v1/predict", content=body, headers={"content-type": "application/json"}
+                        )
                         status, headers = response.status_code, dict(response.headers)
                     done = time.perf_counter()
                     if now < measure_from:

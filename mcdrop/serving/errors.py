@@ -7,12 +7,17 @@ Every refusal answers ``{"detail": "<one line>"}``:
 * FastAPI's own refusals (``HTTPException``: auth, 413, 504, unknown paths) keep their status and detail;
 * a request FastAPI itself could not validate (path or query parameters) gets 422 naming each field.
 
+Whatever the request, a detail stays short: at most ``MAX_PROBLEMS`` problems are listed (and the rest counted),
+values a client sent are cut (:func:`mcdrop.serving.schemas.shorten`), and a body never exceeds
+``MAX_ERROR_BODY_BYTES``.
+
 Anything else is an unexpected error: :class:`~mcdrop.serving.context.RequestContextMiddleware` logs it with the
 request id and answers a plain 500.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -30,11 +35,14 @@ from mcdrop.core.errors import (
     Overloaded,
     ShuttingDown,
 )
+from mcdrop.serving.schemas import MAX_PROBLEMS, join_problems, shorten
 
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_OVERLOADED_S = 1
 RETRY_AFTER_LOADING_S = 5
+MAX_ERROR_BODY_BYTES = 4096
+_MAX_DETAIL_CHARS = 1000  # escaped control characters take 6 bytes each: the body stays under 4 KiB anyway
 
 # The status of each domain error a request can meet; checked in order (subclasses first).
 STATUS: tuple[tuple[type[McdropError], int], ...] = (
@@ -59,8 +67,10 @@ def retry_after(status: int) -> dict[str, str] | None:
 
 
 def detail_response(status: int, detail: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    if not isinstance(detail, str):
-        detail = str(detail)
+    """``{"detail": ...}``, cut so that the body stays within ``MAX_ERROR_BODY_BYTES``."""
+    detail = shorten(detail if isinstance(detail, str) else str(detail), _MAX_DETAIL_CHARS)
+    while len(json.dumps({"detail": detail}, ensure_ascii=False).encode()) > MAX_ERROR_BODY_BYTES:
+        detail = shorten(detail, len(detail) // 2)
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
@@ -81,10 +91,12 @@ async def _domain_error(request: Request, error: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
+    errors = error.errors()
     messages = [
-        f"{'.'.join(str(part) for part in item['loc'][1:]) or item['loc'][0]}: {item['msg']}" for item in error.errors()
+        f"{shorten('.'.join(str(part) for part in item['loc'][1:]) or str(item['loc'][0]))}: {item['msg']}"
+        for item in errors[:MAX_PROBLEMS]
     ]
-    return detail_response(422, "; ".join(messages) or "invalid request")
+    return detail_response(422, join_problems(messages, len(errors)) or "invalid request")
 
 
 def install_error_handlers(app: FastAPI) -> None:

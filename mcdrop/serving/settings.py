@@ -124,6 +124,19 @@ class Settings(BaseSettings):
         description="Open connections (and requests in progress) at once; a request on a connection beyond it "
         "gets 503 + Retry-After and the connection is closed.",
     )
+    max_in_flight: int = Field(
+        default=64,
+        ge=1,
+        description="Predictions being parsed, queued or run at once; beyond it POST /v1/predict gets 503 + "
+        "Retry-After before its body is read.",
+    )
+    busy_delay_s: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=60.0,
+        description="Time a prediction refused for MCDROP_MAX_IN_FLIGHT waits before its 503 is sent (0: at once), "
+        "so that clients retrying at once, ignoring Retry-After, retry at most this often.",
+    )
     batching: bool = Field(default=True, description="Merge concurrent requests into shared engine calls.")
     torch_threads: int = Field(
         default=0,
