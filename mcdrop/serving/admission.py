@@ -9,19 +9,18 @@ prediction while ``InFlight.limit`` of them are being parsed, queued or run, wit
 
 The refusal is cheap but not instant: it is sent ``delay_s`` after the request arrived (``MCDROP_BUSY_DELAY_S``),
 so a client that retries at once, ignoring ``Retry-After``, retries at most that often: however fast the clients,
-a storm of refusals then costs a bounded share of the CPU (a timer and two sends each). The predict route holds a
-slot from the moment its body has been read (``with in_flight.hold(): ...``), so a client that sends its body
-slowly holds none. Such refusals are counted in ``mcdrop_requests_total`` (as 5xx) and
-``mcdrop_rejected_requests_total{reason="busy"}``, without an access-log line: they come in floods.
+a storm of refusals then costs a bounded share of the CPU (a timer and two sends each). A prediction holds its
+slot from its arrival to its answer, its body included (which ``MCDROP_BODY_TIMEOUT_S`` bounds): taking the slot
+only once the body is read would let every request that arrives meanwhile through, and the limit would not hold.
+Refusals are counted in ``mcdrop_requests_total`` (as 5xx) and ``mcdrop_rejected_requests_total{reason="busy"}``,
+without an access-log line: they come in floods.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
-from collections.abc import Iterator
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -40,14 +39,6 @@ class InFlight:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.count = 0
-
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        self.count += 1
-        try:
-            yield
-        finally:
-            self.count -= 1
 
 
 class AdmissionMiddleware:
@@ -70,15 +61,20 @@ class AdmissionMiddleware:
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        in_flight = self.in_flight
-        if (
-            in_flight.count < in_flight.limit
-            or scope["type"] != "http"
-            or scope["path"] != PREDICT_PATH
-            or scope["method"] != "POST"
-        ):
+        if scope["type"] != "http" or scope["path"] != PREDICT_PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        in_flight = self.in_flight
+        if in_flight.count >= in_flight.limit:
+            await self._refuse(scope, send)
+            return
+        in_flight.count += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            in_flight.count -= 1
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
         start = time.perf_counter()
         if self.delay_s:  # jittered (0.5-1.5x): refusals held together would come back together
             await asyncio.sleep(self.delay_s * (0.5 + _ids.random()))

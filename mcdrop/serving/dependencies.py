@@ -25,14 +25,15 @@ from mcdrop.serving.schemas import shorten
 _bearer = HTTPBearer(auto_error=False, description="Needed when the server runs with MCDROP_API_KEYS.")
 
 
-def service_of(request: Request) -> Service:
+# async: FastAPI would run a plain function on its thread pool, a thread hop per request
+async def service_of(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
 
-def ready_service(request: Request) -> Service:
+async def ready_service(request: Request) -> Service:
     """The service once every model is ready; 503 with Retry-After before (and after a failed load)."""
-    service = service_of(request)
+    service: Service = request.app.state.service
     if not service.ready:
         service.metrics.reject(None, "not_ready")
         reason = f"not ready: {service.detail}" if service.status == "failed" else "not ready: models are loading"
@@ -44,7 +45,7 @@ async def require_api_key(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """With API keys configured: 401 when no bearer key is sent, 403 when it is not one of them."""
-    digests = service_of(request).api_key_digests
+    digests = request.app.state.service.api_key_digests
     if not digests:
         return
     if credentials is None or not credentials.credentials:

@@ -23,7 +23,6 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from mcdrop.core.errors import Overloaded
-from mcdrop.serving.admission import InFlight
 from mcdrop.serving.context import TIMING_KEY, RequestTiming, request_id_var
 from mcdrop.serving.dependencies import AnyService, Authorized, ReadyService, check_media_type, read_body
 from mcdrop.serving.errors import RETRY_AFTER_LOADING_S
@@ -101,9 +100,7 @@ async def predict(request: Request, _: Authorized, service: ReadyService) -> Res
         body = await read_body(request, service.settings.max_body_bytes)
     except ClientDisconnect:
         return Response(status_code=499)  # the client went away mid-upload: nobody to answer; counted as a 4xx
-    in_flight: InFlight = request.app.state.in_flight
-    with in_flight.hold():  # from here on: a slot that a client sending its body slowly does not hold
-        return await _predict(request, service, body)
+    return await _predict(request, service, body)
 
 
 async def _predict(request: Request, service: Service, body: bytes) -> Response:

@@ -131,7 +131,7 @@ class Settings(BaseSettings):
         "Retry-After before its body is read.",
     )
     busy_delay_s: float = Field(
-        default=0.5,
+        default=1.0,
         ge=0.0,
         le=60.0,
         description="Time a prediction refused for MCDROP_MAX_IN_FLIGHT waits before its 503 is sent (0: at once), "
