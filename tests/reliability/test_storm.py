@@ -5,12 +5,14 @@ Scaled down for a 2-core machine shared by server and clients: ``CLIENTS`` close
 run (the in-flight limit admits that many), then ``STORM`` more send the same requests and retry at once on every
 503. Before the in-flight limit, the 503s came from the queue limit after the body was read and validated, and a
 storm cut goodput several fold (245 -> 51 req/s with 1,500 clients). The rounds alternate, and the medians are
-compared, so that a slow spell of the machine hits both.
+compared, so that a slow spell of the machine hits both. The larger storm (the targets: goodput at least 0.8 of
+capacity, p99 within 2x) runs with ``RELIABILITY_SLOW=1 pytest -m slow tests/reliability``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 from collections.abc import Iterator
 
@@ -63,5 +65,6 @@ def test_a_storm_of_retries_keeps_goodput_and_latency(server: ServerProcess) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("RELIABILITY_SLOW"), reason="set RELIABILITY_SLOW=1: about a minute of load")
 def test_a_larger_storm_keeps_goodput_and_latency(server: ServerProcess) -> None:
     _check(*_rounds(server, storm=600, rounds=3, seconds=4.0), min_goodput=0.8, max_p99=2.0)
