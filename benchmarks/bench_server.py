@@ -226,7 +226,7 @@ async def drive(url: str, load: Load) -> Run:
                     if raw is not None:
                         status, headers, _ = await raw.post(path, body)
                     else:
-                        response = await pool.post(path, content=body)
+                        response = await pool.post(path, content=body, headers={"content-type": "application/json"})
                         status, headers = response.status_code, dict(response.headers)
                     done = time.perf_counter()
                     if now < measure_from:

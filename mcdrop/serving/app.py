@@ -21,8 +21,10 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from mcdrop import __version__
+from mcdrop.serving.admission import AdmissionMiddleware, InFlight
 from mcdrop.serving.context import RequestContextMiddleware
 from mcdrop.serving.errors import install_error_handlers
+from mcdrop.serving.openapi import install_openapi
 from mcdrop.serving.registry import Service
 from mcdrop.serving.routes import router
 from mcdrop.serving.settings import Settings
@@ -71,8 +73,13 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
         redoc_url=None,
     )
     app.state.service = Service(settings, metrics)
+    app.state.in_flight = in_flight = InFlight(settings.max_in_flight)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(v2_router)  # the Open Inference Protocol (KServe V2 REST) on the same models
+    install_openapi(app, settings)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log)
+    app.add_middleware(  # added last: the outermost
+        AdmissionMiddleware, in_flight=in_flight, metrics=metrics, delay_s=settings.busy_delay_s
+    )
     return app

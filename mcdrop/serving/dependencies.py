@@ -1,16 +1,18 @@
-"""Typed FastAPI dependencies of the routes: the API-key check, the ready service, the bounded body read, and the
-watcher that notices a client that went away.
+"""Typed FastAPI dependencies of the routes: the API-key check, the ready service, the body's media type and its
+bounded read, and the watcher that notices a client that went away.
 
     async def route(service: ReadyService, _: Authorized) -> ...
 
 ``Authorized`` answers 401/403 when API keys are on and the request has none or a wrong one; ``ReadyService`` is
 the :class:`~mcdrop.serving.registry.Service`, or 503 with Retry-After while models load (or after loading failed).
+``check_media_type`` answers 415 unless the body is declared as uncompressed JSON; ``read_body`` 413 past the limit.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -19,11 +21,13 @@ from starlette.types import Receive
 
 from mcdrop.serving.errors import RETRY_AFTER_LOADING_S
 from mcdrop.serving.registry import Service
+from mcdrop.serving.schemas import shorten
 
 _bearer = HTTPBearer(auto_error=False, description="Needed when the server runs with MCDROP_API_KEYS.")
 
 
-def service_of(request: Request) -> Service:
+# async: FastAPI would run a plain function on its thread pool, a thread hop per request
+async def service_of(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
@@ -34,9 +38,9 @@ def not_ready(service: Service) -> HTTPException:
     return HTTPException(503, reason, headers={"Retry-After": str(RETRY_AFTER_LOADING_S)})
 
 
-def ready_service(request: Request) -> Service:
+async def ready_service(request: Request) -> Service:
     """The service once every model is ready; 503 with Retry-After before (and after a failed load)."""
-    service = service_of(request)
+    service: Service = request.app.state.service
     if not service.ready:
         service.metrics.reject(None, "not_ready")
         raise not_ready(service)
@@ -47,7 +51,7 @@ async def require_api_key(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """With API keys configured: 401 when no bearer key is sent, 403 when it is not one of them."""
-    digests = service_of(request).api_key_digests
+    digests = request.app.state.service.api_key_digests
     if not digests:
         return
     if credentials is None or not credentials.credentials:
@@ -66,6 +70,29 @@ async def require_api_key(
 Authorized = Annotated[None, Depends(require_api_key)]
 ReadyService = Annotated[Service, Depends(ready_service)]
 AnyService = Annotated[Service, Depends(service_of)]
+
+
+_JSON_TYPE = re.compile(r"application/(?:[a-z0-9!#$&^_.-]+\+)?json")  # application/json, application/*+json
+_UTF8 = ("utf-8", "utf8")
+
+
+def check_media_type(request: Request) -> None:
+    """415 unless the body is declared as JSON (``application/json`` or ``application/*+json``, in UTF-8 when a
+    charset is given) and not compressed: a gzip body would otherwise read as invalid JSON."""
+    encoding = request.headers.get("content-encoding", "identity")
+    if encoding.strip().lower() not in ("", "identity"):
+        raise HTTPException(
+            415, f"body: Content-Encoding {shorten(encoding)!r} is not supported; send the JSON uncompressed"
+        )
+    declared = request.headers.get("content-type")
+    media_type, *params = (declared or "").lower().split(";")
+    if not _JSON_TYPE.fullmatch(media_type.strip()):
+        got = shorten(declared) if declared else "none"
+        raise HTTPException(415, f"body: expected Content-Type: application/json (got {got})")
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip() == "charset" and value.strip().strip('"') not in _UTF8:
+            raise HTTPException(415, f"body: JSON must be UTF-8 (got charset={shorten(value.strip())})")
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -10,12 +10,17 @@ Every refusal answers ``{"detail": "<one line>"}`` (``{"error": "<one line>"}`` 
 Under ``/v2`` (the Open Inference Protocol) the same refusals answer ``{"error": "<one line>"}``, the body the
 protocol's clients read, and invalid input is 400 instead of 422; auth, 413, 404, 503 and 504 keep their status.
 
+Whatever the request, a message stays short: at most ``MAX_PROBLEMS`` problems are listed (and the rest counted),
+values a client sent are cut (:func:`mcdrop.serving.schemas.shorten`), and a body never exceeds
+``MAX_ERROR_BODY_BYTES``.
+
 Anything else is an unexpected error: :class:`~mcdrop.serving.context.RequestContextMiddleware` logs it with the
 request id and answers a plain 500.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +38,7 @@ from mcdrop.core.errors import (
     Overloaded,
     ShuttingDown,
 )
+from mcdrop.serving.schemas import MAX_PROBLEMS, join_problems, shorten
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +47,8 @@ RETRY_AFTER_LOADING_S = 5
 V2_PREFIX = "/v2"
 # Statuses the Open Inference Protocol spells differently: invalid input is 400 there.
 V2_STATUS: dict[int, int] = {422: 400}
+MAX_ERROR_BODY_BYTES = 4096
+_MAX_DETAIL_CHARS = 1000  # escaped control characters take 6 bytes each: the body stays under 4 KiB anyway
 
 # The status of each domain error a request can meet; checked in order (subclasses first).
 STATUS: tuple[tuple[type[McdropError], int], ...] = (
@@ -64,10 +72,17 @@ def retry_after(status: int) -> dict[str, str] | None:
     return {"Retry-After": str(RETRY_AFTER_OVERLOADED_S)} if status == 503 else None
 
 
+def _capped(key: str, message: Any) -> dict[str, str]:
+    """``{key: message}``, the message cut so that the body stays within ``MAX_ERROR_BODY_BYTES``."""
+    text = shorten(message if isinstance(message, str) else str(message), _MAX_DETAIL_CHARS)
+    while len(json.dumps({key: text}, ensure_ascii=False).encode()) > MAX_ERROR_BODY_BYTES:
+        text = shorten(text, len(text) // 2)
+    return {key: text}
+
+
 def detail_response(status: int, detail: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    if not isinstance(detail, str):
-        detail = str(detail)
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+    """``{"detail": ...}``, cut so that the body stays within ``MAX_ERROR_BODY_BYTES``."""
+    return JSONResponse(_capped("detail", detail), status_code=status, headers=headers)
 
 
 def is_v2_path(path: str) -> bool:
@@ -78,8 +93,7 @@ def is_v2_path(path: str) -> bool:
 def _refusal(request: Request, status: int, detail: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The answer to a refusal in the dialect of the request's path."""
     if is_v2_path(request.url.path):
-        message = detail if isinstance(detail, str) else str(detail)
-        return JSONResponse({"error": message}, status_code=V2_STATUS.get(status, status), headers=headers)
+        return JSONResponse(_capped("error", detail), status_code=V2_STATUS.get(status, status), headers=headers)
     return detail_response(status, detail, headers)
 
 
@@ -100,10 +114,12 @@ async def _domain_error(request: Request, error: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
+    errors = error.errors()
     messages = [
-        f"{'.'.join(str(part) for part in item['loc'][1:]) or item['loc'][0]}: {item['msg']}" for item in error.errors()
+        f"{shorten('.'.join(str(part) for part in item['loc'][1:]) or str(item['loc'][0]))}: {item['msg']}"
+        for item in errors[:MAX_PROBLEMS]
     ]
-    return _refusal(request, 422, "; ".join(messages) or "invalid request")
+    return _refusal(request, 422, join_problems(messages, len(errors)) or "invalid request")
 
 
 def install_error_handlers(app: FastAPI) -> None:

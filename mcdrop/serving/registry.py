@@ -28,7 +28,7 @@ from mcdrop.core.decisions import DecisionPolicy
 from mcdrop.core.engine import MCEngine, load_engine
 from mcdrop.core.errors import CheckpointError, InputError, McdropError, ModelNotFound
 from mcdrop.serving.batcher import Batcher
-from mcdrop.serving.schemas import Limits
+from mcdrop.serving.schemas import Limits, shorten
 from mcdrop.serving.settings import Settings
 from mcdrop.serving.telemetry import Metrics
 from mcdrop.serving.tickets import BatchPolicy
@@ -232,7 +232,7 @@ class Service:
                 )
         served = self.models.get(name)
         if served is None:
-            raise ModelNotFound(f"model {name!r} not found; available: {', '.join(self.models)}")
+            raise ModelNotFound(f"model {shorten(name)!r} not found; available: {', '.join(self.models)}")
         return served
 
     async def close(self) -> None:

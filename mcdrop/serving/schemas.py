@@ -1,25 +1,30 @@
-"""HTTP request and response shapes (DESIGN §4), the limit checks, and how validation errors read.
+"""The ``POST /v1/predict`` request: its shape, its limits, its OpenAPI schema, and how its errors read.
 
-The request is parsed in one pass by pydantic (``PredictRequest.model_validate_json``) for shape and types, then
-``check_limits`` applies the configured limits; both produce the same kind of message, one line naming the field::
+``parse_predict_request`` first walks the JSON once (jiter, a few microseconds for a usual body) to refuse what
+would make validation costly (more texts than the limit, a flood of unknown fields) and to read JSON errors
+well, then validates it in one pydantic pass (``PredictRequest.model_validate_json``) for shape and types;
+``check_limits`` applies the configured limits. Every message is one line naming the field::
 
     texts: at most 64 texts per request (got 65)
     texts[3]: at most 10000 characters per text (got 12000)
     n_samples: Input should be a valid integer
 
-Responses are built as plain dicts on the hot path (see :mod:`mcdrop.serving.presentation`); the response models
-here document them in the OpenAPI schema and are used by the tests to check that what is served matches what is
-documented.
+Whatever the body, a detail lists at most ``MAX_PROBLEMS`` problems and a count of the rest, and echoes at most
+``MAX_ECHO_CHARS`` characters of any value the client sent (:func:`shorten`). ``request_schema(limits)`` is the
+request's JSON schema with the limits stated (``maxItems``, ``maxLength``, ``minimum``/``maximum``), as served in
+``/openapi.json``. The response shapes are in :mod:`mcdrop.serving.responses`.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, from_json
 
 from mcdrop.core.decisions import COVERAGE_RANGE, MAX_RISK_RANGE
 from mcdrop.core.engine import MAX_SEED as MAX_SEED  # the request's seed range is the engine's
@@ -31,40 +36,6 @@ PREDICT_EXAMPLE_REQUEST: dict[str, Any] = {
     "n_samples": 100,
     "seed": 1234,
     "max_risk": 0.1,
-}
-
-_EXAMPLE_PREDICTION: dict[str, Any] = {
-    "label": "positive",
-    "probs": {"negative": 0.0912, "positive": 0.9088},
-    "variance": {"negative": 0.0051, "positive": 0.0051},
-    "entropy": 0.3052,
-    "expected_entropy": 0.2783,
-    "mutual_information": 0.0269,
-    "variation_ratio": 0.03,
-    "std_error": {"negative": 0.0071, "positive": 0.0071},
-    "oov_fraction": 0.0,
-    "n_tokens": 5,
-    "n_known_tokens": 5,
-    "novelty": 0.31,
-    "prediction_set": ["positive"],
-    "decision": {
-        "action": "accept",
-        "reason": None,
-        "max_risk": 0.1,
-        "score": 0.3052,
-        "threshold": 0.4411,
-        "max_novelty": 0.99,
-        "detail": None,
-    },
-}
-
-PREDICT_EXAMPLE_RESPONSE: dict[str, Any] = {
-    "request_id": "3f2c9a6e5b7d4e0f8a1b2c3d4e5f6a7b",
-    "model": "rt-mlp",
-    "model_version": "2024.1",
-    "n_samples": 100,
-    "seed": 1234,
-    "predictions": [_EXAMPLE_PREDICTION],
 }
 
 
@@ -108,108 +79,6 @@ class PredictRequest(BaseModel):
     )
 
 
-class DecisionOut(BaseModel):
-    """What to do with a prediction, and the numbers the choice rests on."""
-
-    action: Literal["accept", "abstain"]
-    reason: Literal["uncertain", "novel"] | None = Field(
-        description="why it abstains: novelty above max_novelty (checked first), or a score above the threshold"
-    )
-    max_risk: float
-    score: float = Field(description="the uncertainty score compared with the threshold (lower is more certain)")
-    threshold: float | None = Field(description="the risk-controlling threshold; null when no threshold meets max_risk")
-    max_novelty: float
-    detail: str | None = Field(description="why every prediction abstains, when no threshold meets max_risk")
-
-
-class PredictionOut(BaseModel):
-    """Uncertainty summary of one text (natural log throughout)."""
-
-    label: str = Field(description="argmax of the mean probabilities")
-    probs: dict[str, float] = Field(description="mean class probabilities over the samples (sum to 1)")
-    variance: dict[str, float] = Field(description="per-class variance of the sampled probabilities")
-    entropy: float = Field(description="predictive entropy H[mean p]: total uncertainty")
-    expected_entropy: float = Field(description="mean entropy of the samples: the aleatoric part")
-    mutual_information: float = Field(
-        description="entropy - expected_entropy: disagreement between sampled networks (epistemic part). "
-        "It does not rise on out-of-domain text; see oov_fraction."
-    )
-    variation_ratio: float = Field(description="1 - (samples voting for the modal label) / n_samples")
-    std_error: dict[str, float] = Field(description="Monte Carlo standard error of each mean probability")
-    oov_fraction: float = Field(description="share of tokens outside the vocabulary: the input-novelty signal")
-    n_tokens: int = Field(description="tokens in the text")
-    n_known_tokens: int = Field(description="tokens the vocabulary knows")
-    novelty: float | None = Field(
-        description="share of calibration texts less surprising than this one under the model's word bigram model "
-        "(0 typical .. 1 unlike anything seen); null for a model without calibration"
-    )
-    prediction_set: list[str] | None = Field(
-        description="split-conformal (LAC) set at the requested coverage: holds the true label with that probability "
-        "for inputs like the calibration split; may be empty; null without calibration"
-    )
-    decision: DecisionOut | None = Field(description="accept or abstain, when max_risk is given (request or server)")
-
-
-class PredictResponse(BaseModel):
-    """Answer of ``POST /v1/predict``: one prediction per text, in order."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [PREDICT_EXAMPLE_RESPONSE]})
-
-    request_id: str
-    model: str
-    model_version: str
-    n_samples: int
-    seed: int = Field(description="the seed used (drawn by the server when the request gave none)")
-    predictions: list[PredictionOut]
-
-
-class ModelSummary(BaseModel):
-    """One served model, as listed by ``GET /v1/models``."""
-
-    name: str
-    version: str
-    architecture: str
-    labels: list[str]
-    default_n_samples: int
-    dropout_placement: str | None = Field(description="where dropout sits; decides how costly N samples are")
-    device: str
-    vocabulary_size: int
-    default: bool = Field(description="whether requests that name no model use this one")
-    metrics: dict[str, Any] = Field(description="evaluation metrics recorded at training time")
-    uncertainty_baseline: dict[str, Any] = Field(
-        description="entropy and mutual information measured at training time (the drift reference)"
-    )
-    calibration: dict[str, Any] | None = Field(
-        description="delta, the uncertainty score, thresholds and calibration coverage at max_risk 0.05/0.1/0.2, "
-        "the conformal method and the novelty limit; null for a model without calibration"
-    )
-
-
-class ModelList(BaseModel):
-    models: list[ModelSummary]
-    default_model: str | None
-
-
-class ModelDetail(ModelSummary):
-    """``GET /v1/models/{name}``: the summary plus the checkpoint's full configuration."""
-
-    config: dict[str, Any] = Field(description="the checkpoint's config.json")
-
-
-class ErrorBody(BaseModel):
-    detail: str = Field(examples=["texts: at most 64 texts per request (got 65)"])
-
-
-class Health(BaseModel):
-    status: Literal["ok"]
-
-
-class Readiness(BaseModel):
-    status: Literal["ready", "loading", "failed"]
-    models: list[str]
-    detail: str | None = None
-
-
 @dataclass(frozen=True)
 class Limits:
     """The request limits from the settings."""
@@ -219,33 +88,120 @@ class Limits:
     max_n_samples: int
 
 
+MAX_PROBLEMS = 5  # problems listed in one detail; the rest are counted
+MAX_ECHO_CHARS = 100  # characters of a client's value quoted back in a message
+_FIELDS = tuple(PredictRequest.model_fields)
+_UNKNOWN = f"unknown field (expected {', '.join(_FIELDS)})"
+_DECISION_RANGES = {"max_risk": MAX_RISK_RANGE, "coverage": COVERAGE_RANGE, "max_novelty": (0.0, 1.0)}
+_LONE_SURROGATE = "lone surrogate in a \\u escape"
+_HUGE = object()  # stands for an integer too long for Python's int() while locating it
+
+
+def shorten(value: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """``value`` cut to ``limit`` characters, with ``…`` when it was longer: for echoing what a client sent."""
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
+def join_problems(problems: Sequence[str], total: int | None = None) -> str:
+    """The first ``MAX_PROBLEMS`` problems joined by ``; ``, then how many more there are (of ``total``)."""
+    total = len(problems) if total is None else total
+    shown = "; ".join(problems[:MAX_PROBLEMS])
+    return shown if total <= MAX_PROBLEMS else f"{shown}; and {total - MAX_PROBLEMS} more"
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int) and not -(10**30) < value < 10**30:
+        return f"a {len(str(abs(value)))}-digit number"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _range(name: str, limits: Limits | None) -> str | None:
+    """``must be between LOW and HIGH`` for a numeric field, or ``None``."""
+    if name == "seed":
+        return f"must be between 0 and {MAX_SEED}"
+    if name == "n_samples" and limits is not None:
+        return f"must be between 1 and {limits.max_n_samples}"
+    if name in _DECISION_RANGES:
+        low, high = _DECISION_RANGES[name]
+        return f"must be between {low:g} and {high:g}"
+    return None
+
+
 def _loc(parts: Sequence[int | str]) -> str:
     out = ""
     for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{shorten(part)}" if out else shorten(part))
     return out or "body"
 
 
 def _describe(error: ErrorDetails) -> str:
     kind = error["type"]
     loc = _loc(error["loc"])
-    if kind == "json_invalid":
-        reason = error.get("ctx", {}).get("error", "")
-        return f"body: invalid JSON ({reason})" if reason else "body: invalid JSON"
     if kind == "model_type" or (kind == "model_attributes_type" and loc == "body"):
         return "body: expected a JSON object"
     if kind == "extra_forbidden":
-        return f"{loc}: unknown field (expected texts, model, n_samples, seed, max_risk, coverage, max_novelty)"
+        return f"{loc}: {_UNKNOWN}"
     return f"{loc}: {error['msg']}"
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    """All problems of a request body, one ``field: message`` each, joined by ``; ``."""
-    return "; ".join(_describe(item) for item in error.errors(include_url=False, include_input=False))
+    """The problems of a request body, one ``field: message`` each, joined by ``; `` (at most ``MAX_PROBLEMS``)."""
+    problems = [_describe(item) for item in error.errors(include_url=False, include_input=False)]
+    return join_problems(problems)
 
 
-def parse_predict_request(body: bytes) -> PredictRequest:
-    """Parse and type-check a request body; raises :class:`InputError`."""
+def _huge_number(body: bytes, limits: Limits | None) -> str | None:
+    """Which field holds an integer too long for Python's ``int()`` (jiter says only "number out of range")."""
+    digits: list[int] = []
+
+    def parse_int(text: str) -> object:
+        if len(text) <= 4000:
+            return int(text)
+        digits.append(len(text.lstrip("-")))
+        return _HUGE
+
+    try:
+        data = json.loads(body, parse_int=parse_int)
+    except (ValueError, RecursionError):
+        return None
+    if not digits:
+        return None
+    for name, value in data.items() if isinstance(data, dict) else ():
+        if value is _HUGE:
+            rule = _range(name, limits) or "number out of range"
+            return f"{shorten(name)}: {rule} (got a {digits[0]}-digit number)"
+    return f"body: a {digits[0]}-digit number is out of range"
+
+
+def _invalid_json(body: bytes, reason: str, limits: Limits | None) -> str:
+    if reason.startswith("number out of range"):
+        return _huge_number(body, limits) or f"body: invalid JSON ({reason})"
+    # jiter calls any unpaired surrogate "leading", \\udfff (a trailing one) included
+    reason = reason.replace("lone leading surrogate in hex escape", _LONE_SURROGATE)
+    return f"body: invalid JSON ({reason})"
+
+
+def _precheck(body: bytes, limits: Limits | None) -> None:
+    """Refuse at once what pydantic would spend long on: more texts than the limit, many unknown fields."""
+    try:
+        data = from_json(body, cache_strings=False)
+    except ValueError as error:
+        raise InputError(_invalid_json(body, str(error), limits)) from None
+    if not isinstance(data, dict):
+        return  # pydantic says so, in its words
+    unknown = [name for name in data if name not in _FIELDS]
+    if len(unknown) > MAX_PROBLEMS:
+        problems = [f"{shorten(name)}: {_UNKNOWN}" for name in unknown[:MAX_PROBLEMS]]
+        raise InputError(join_problems(problems, len(unknown)))
+    texts = data.get("texts")
+    if limits is not None and isinstance(texts, list) and len(texts) > limits.max_texts_per_request:
+        raise InputError(f"texts: at most {limits.max_texts_per_request} texts per request (got {len(texts)})")
+
+
+def parse_predict_request(body: bytes, limits: Limits | None = None) -> PredictRequest:
+    """Parse and type-check a request body; raises :class:`InputError`. With ``limits``, a body with more texts
+    than allowed is refused before validation (which would cost time in proportion to its texts)."""
+    _precheck(body, limits)
     try:
         return PredictRequest.model_validate_json(body)
     except ValidationError as error:
@@ -265,19 +221,33 @@ def check_limits(request: PredictRequest, limits: Limits) -> None:
             raise InputError(f"texts[{i}]: at most {max_chars} characters per text (got {len(text)})")
     n = request.n_samples
     if n is not None and not 1 <= n <= limits.max_n_samples:
-        raise InputError(f"n_samples: must be between 1 and {limits.max_n_samples} (got {n})")
+        raise InputError(f"n_samples: {_range('n_samples', limits)} (got {_number(n)})")
     seed = request.seed
     if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise InputError(f"seed: must be between 0 and {MAX_SEED} (got {seed})")
+        raise InputError(f"seed: {_range('seed', limits)} (got {_number(seed)})")
     check_decision_fields(request.max_risk, request.coverage, request.max_novelty)
 
 
 def check_decision_fields(max_risk: float | None, coverage: float | None, max_novelty: float | None) -> None:
     """The ranges of the decision fields (DESIGN §8); raises :class:`InputError` naming the field and the range."""
-    for name, value, (low, high) in (
-        ("max_risk", max_risk, MAX_RISK_RANGE),
-        ("coverage", coverage, COVERAGE_RANGE),
-        ("max_novelty", max_novelty, (0.0, 1.0)),
-    ):
+    for name, value in (("max_risk", max_risk), ("coverage", coverage), ("max_novelty", max_novelty)):
+        low, high = _DECISION_RANGES[name]
         if value is not None and not low <= value <= high:
-            raise InputError(f"{name}: must be between {low:g} and {high:g} (got {value:g})")
+            raise InputError(f"{name}: {_range(name, None)} (got {_number(value)})")
+
+
+def request_schema(limits: Limits) -> dict[str, Any]:
+    """``PredictRequest``'s JSON schema with the limits that :func:`check_limits` enforces."""
+    schema = copy.deepcopy(_BASE_SCHEMA)
+    fields = schema["properties"]
+    fields["texts"].update(minItems=1, maxItems=limits.max_texts_per_request)
+    fields["texts"]["items"]["maxLength"] = limits.max_text_chars
+    bounds = {"n_samples": (1, limits.max_n_samples), "seed": (0, MAX_SEED), **_DECISION_RANGES}
+    for name, (low, high) in bounds.items():
+        for part in fields[name]["anyOf"]:
+            if part.get("type") != "null":
+                part.update(minimum=low, maximum=high)
+    return schema
+
+
+_BASE_SCHEMA = PredictRequest.model_json_schema()

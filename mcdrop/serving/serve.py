@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import types
 import typing
@@ -23,6 +24,7 @@ from mcdrop import __version__
 from mcdrop.core.errors import ConfigError, McdropError
 from mcdrop.serving.app import create_app
 from mcdrop.serving.context import RequestIdFilter
+from mcdrop.serving.protocol import ConnectionLimits, protocol_class
 from mcdrop.serving.registry import Service
 from mcdrop.serving.settings import Settings, describe_errors, env_name, flag_name
 
@@ -97,17 +99,23 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).propagate = True
 
 
-def run(args: argparse.Namespace) -> int:
-    """``mcdrop serve``: validate the settings, then serve until SIGINT/SIGTERM (single process)."""
-    settings = build_settings(args)
-    configure_logging(settings.log_level)
-    app = create_app(settings)
-    service: Service = app.state.service
-    service.discover()  # fail with one clear line before binding a port
-    config = uvicorn.Config(
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration: the hardened protocol (:mod:`.protocol`) with the settings' connection limits."""
+    limits = ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        idle_timeout_s=settings.keep_alive_s,
+        drain_bytes=settings.drain_bytes,
+        drain_timeout_s=settings.drain_timeout_s,
+    )
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=protocol_class(limits),
+        timeout_keep_alive=math.ceil(settings.keep_alive_s),  # the protocol keeps the exact value
+        limit_concurrency=settings.max_connections,  # a connection limit in the protocol
         log_config=None,
         log_level=settings.log_level,
         access_log=False,  # the request-context middleware logs each request with its id and timing
@@ -115,7 +123,16 @@ def run(args: argparse.Namespace) -> int:
         server_header=False,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )
-    server = uvicorn.Server(config)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``mcdrop serve``: validate the settings, then serve until SIGINT/SIGTERM (single process)."""
+    settings = build_settings(args)
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    service: Service = app.state.service
+    service.discover()  # fail with one clear line before binding a port
+    server = uvicorn.Server(uvicorn_config(app, settings))
 
     def stop() -> None:
         server.should_exit = True

@@ -87,6 +87,56 @@ class Settings(BaseSettings):
         description="Comma-separated API keys; when set, /v1/* needs 'Authorization: Bearer <key>'.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=64, description="Largest request body accepted, in bytes.")
+    max_header_bytes: int = Field(
+        default=16_384,
+        ge=1024,
+        le=1_048_576,
+        description="Largest request line plus headers, in bytes; beyond it the answer is 431 and the connection "
+        "is closed.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="Time a connection has, from its start or from the end of its previous answer, to send "
+        "complete request headers; then it is closed.",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="Time a request has to send its whole body once its headers are in (not per read); past it "
+        "the answer is 408.",
+    )
+    keep_alive_s: float = Field(
+        default=5.0, gt=0.0, description="Time an idle keep-alive connection is kept open between requests."
+    )
+    drain_bytes: int = Field(
+        default=4_194_304,
+        ge=0,
+        description="Request body bytes read and discarded after an early answer (413), so that the client reads "
+        "the answer instead of a reset; beyond them the connection is closed.",
+    )
+    drain_timeout_s: float = Field(
+        default=5.0, gt=0.0, description="Longest time spent discarding a request body after an early answer."
+    )
+    max_connections: int = Field(
+        default=2048,
+        ge=1,
+        description="Open connections (and requests in progress) at once; a request on a connection beyond it "
+        "gets 503 + Retry-After and the connection is closed.",
+    )
+    max_in_flight: int = Field(
+        default=64,
+        ge=1,
+        description="Predictions being parsed, queued or run at once; beyond it POST /v1/predict gets 503 + "
+        "Retry-After before its body is read.",
+    )
+    busy_delay_s: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=60.0,
+        description="Time a prediction refused for MCDROP_MAX_IN_FLIGHT waits before its 503 is sent (0: at once), "
+        "so that clients retrying at once, ignoring Retry-After, retry at most this often.",
+    )
     batching: bool = Field(default=True, description="Merge concurrent requests into shared engine calls.")
     torch_threads: int = Field(
         default=0,

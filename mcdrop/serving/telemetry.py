@@ -196,7 +196,8 @@ class Metrics:
         )
         self.rejected = Counter(
             "mcdrop_rejected_requests_total",
-            "Prediction requests refused: overloaded (queue full), timeout (deadline passed), not_ready.",
+            "Prediction requests refused: overloaded (queue full), timeout (deadline passed), not_ready, busy "
+            "(in-flight limit, refused before the body was read).",
             ("model", "reason"),
             registry=registry,
         )

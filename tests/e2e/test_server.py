@@ -27,6 +27,7 @@ from mcdrop.serving.launch import ServerProcess, ServerStartError, start_server
 
 KEY = "server-test-key-0123456789"
 AUTH = {"authorization": f"Bearer {KEY}"}
+JSON = {"content-type": "application/json"}
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60.0
 # A GRU whose dropout sits before the recurrence: every sample is a GRU pass, so 8 texts x 100 samples keep
@@ -135,9 +136,9 @@ def test_error_codes_over_http(main_server: Server) -> None:
         404,
         "model 'nope' not found; available: tiny-gru, tiny-mlp",
     )
-    big = post(content=b'{"texts": ["' + b"a" * 5000 + b'"]}', headers=AUTH)
+    big = post(content=b'{"texts": ["' + b"a" * 5000 + b'"]}', headers=AUTH | JSON)
     assert big.status_code == 413 and big.json()["detail"].startswith("body: at most 4096 bytes")
-    malformed = post(content=b'{"texts": [\xff', headers=AUTH)
+    malformed = post(content=b'{"texts": [\xff', headers=AUTH | JSON)
     assert malformed.status_code == 422
     missing = post(json={"texts": ["a"]})
     assert (missing.status_code, missing.headers["www-authenticate"]) == (401, "Bearer")

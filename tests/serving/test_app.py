@@ -18,10 +18,11 @@ from conftest import MakeCheckpoint, assert_predictions_close
 from mcdrop.core.engine import MCEngine
 from mcdrop.serving.app import create_app
 from mcdrop.serving.registry import Service
-from mcdrop.serving.schemas import PredictResponse
+from mcdrop.serving.responses import PredictResponse
 from mcdrop.serving.settings import Settings
 
 KEY = "test-key-0123456789"
+JSON = {"content-type": "application/json"}
 
 
 def _client(model_dir: Path, **overrides: Any) -> TestClient:
@@ -135,7 +136,7 @@ def test_body_limit_checks_declared_and_streamed_sizes(model_dir: Path) -> None:
     with _client(model_dir, max_body_bytes=1000) as client:
         _wait_ready(client)
         big = b'{"texts": ["' + b"a" * 2000 + b'"]}'
-        response = client.post("/v1/predict", content=big)
+        response = client.post("/v1/predict", content=big, headers=JSON)
         assert (response.status_code, response.json()) == (
             413,
             {"detail": f"body: at most 1000 bytes (Content-Length is {len(big)})"},
@@ -147,7 +148,7 @@ def test_body_limit_checks_declared_and_streamed_sizes(model_dir: Path) -> None:
                 yield b"a" * 100
             yield b'"]}'
 
-        response = client.post("/v1/predict", content=chunks())
+        response = client.post("/v1/predict", content=chunks(), headers=JSON)
         assert (response.status_code, response.json()) == (413, {"detail": "body: at most 1000 bytes"})
 
 

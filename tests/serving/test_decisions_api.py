@@ -14,7 +14,7 @@ from test_app import _wait_ready
 
 from conftest import MakeCheckpoint
 from mcdrop.serving.app import create_app
-from mcdrop.serving.schemas import PredictResponse
+from mcdrop.serving.responses import PredictResponse
 from mcdrop.serving.settings import Settings
 
 

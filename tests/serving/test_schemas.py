@@ -8,16 +8,8 @@ import pytest
 
 from mcdrop.core.engine import MAX_SEED, Prediction
 from mcdrop.core.errors import InputError
-from mcdrop.serving.schemas import (
-    PREDICT_EXAMPLE_REQUEST,
-    PREDICT_EXAMPLE_RESPONSE,
-    Limits,
-    PredictionOut,
-    PredictRequest,
-    PredictResponse,
-    check_limits,
-    parse_predict_request,
-)
+from mcdrop.serving.responses import PREDICT_EXAMPLE_RESPONSE, PredictionOut, PredictResponse
+from mcdrop.serving.schemas import PREDICT_EXAMPLE_REQUEST, Limits, PredictRequest, check_limits, parse_predict_request
 
 LIMITS = Limits(max_texts_per_request=4, max_text_chars=10, max_n_samples=50)
 
