@@ -1,4 +1,5 @@
-"""The in-flight limit on predictions: past it, ``POST /v1/predict`` is refused before its body is read.
+"""The in-flight limit on predictions: past it, ``POST /v1/predict`` and the ``/v2`` infer calls are refused before
+their body is read.
 
 A 503 that is answered only after the body was read, parsed and validated costs about as much Python as an
 answer, on the event loop and under the GIL the inference thread needs: clients that ignore ``Retry-After`` then
@@ -19,15 +20,17 @@ without an access-log line: they come in floods.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcdrop.serving.errors import RETRY_AFTER_OVERLOADED_S
 from mcdrop.serving.telemetry import Metrics
 
 PREDICT_PATH = "/v1/predict"
+V2_INFER_TEMPLATE = "/v2/models/{name}/infer"
 _ids = random.Random()
 
 
@@ -42,26 +45,29 @@ class InFlight:
 
 
 class AdmissionMiddleware:
-    """Refuses ``POST /v1/predict`` at once, before anything reads it, while ``in_flight`` is full."""
+    """Refuses ``POST /v1/predict`` and the ``/v2`` infer calls at once, before anything reads them, while
+    ``in_flight`` is full (``{"error"}`` on ``/v2``, as the protocol's clients expect)."""
 
     def __init__(self, app: ASGIApp, in_flight: InFlight, metrics: Metrics, delay_s: float = 0.0) -> None:
         self.app = app
         self.in_flight = in_flight
         self.metrics = metrics
         self.delay_s = delay_s
-        body = (
-            f'{{"detail":"server busy: {in_flight.limit} predictions in progress (limit {in_flight.limit}); '
-            'retry later"}'
-        ).encode()
-        self._body = {"type": "http.response.body", "body": body}
-        self._headers = [
+        message = f"server busy: {in_flight.limit} predictions in progress (limit {in_flight.limit}); retry later"
+        self._answers = {key: self._answer(key, message) for key in ("detail", "error")}
+
+    @staticmethod
+    def _answer(key: str, message: str) -> tuple[list[tuple[bytes, bytes]], Message]:
+        body = json.dumps({key: message}).encode()
+        headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             (b"retry-after", str(RETRY_AFTER_OVERLOADED_S).encode()),
         ]
+        return headers, {"type": "http.response.body", "body": body}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PREDICT_PATH or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST" or not _is_prediction(scope["path"]):
             await self.app(scope, receive, send)
             return
         in_flight = self.in_flight
@@ -79,8 +85,14 @@ class AdmissionMiddleware:
         if self.delay_s:  # jittered (0.5-1.5x): refusals held together would come back together
             await asyncio.sleep(self.delay_s * (0.5 + _ids.random()))
         request_id = f"{_ids.getrandbits(128):032x}".encode()
-        headers = [*self._headers, (b"x-request-id", request_id)]
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send(self._body)
+        v2 = scope["path"] != PREDICT_PATH
+        headers, body = self._answers["error" if v2 else "detail"]
+        await send({"type": "http.response.start", "status": 503, "headers": [*headers, (b"x-request-id", request_id)]})
+        await send(body)
         self.metrics.reject(None, "busy")
-        self.metrics.observe_request(PREDICT_PATH, scope["method"], 503, time.perf_counter() - start)
+        endpoint = V2_INFER_TEMPLATE if v2 else PREDICT_PATH  # a route template, never the raw path
+        self.metrics.observe_request(endpoint, scope["method"], 503, time.perf_counter() - start)
+
+
+def _is_prediction(path: str) -> bool:
+    return path == PREDICT_PATH or (path.startswith("/v2/models/") and path.endswith("/infer"))

@@ -141,6 +141,18 @@ def test_past_the_in_flight_limit_predictions_get_503_before_the_body_is_read(cl
     assert client.post("/v1/predict", json={"texts": ["a"], "n_samples": 2}).status_code == 200
 
 
+def test_the_in_flight_limit_covers_v2_infer_in_its_own_dialect(client: TestClient) -> None:
+    in_flight = client.app.state.in_flight  # type: ignore[attr-defined]
+    in_flight.count = in_flight.limit
+    try:
+        response = client.post("/v2/models/tiny-mlp/infer", content=b"{}")
+    finally:
+        in_flight.count = 0
+    assert (response.status_code, response.headers["retry-after"]) == (503, "1")
+    assert response.json() == {"error": "server busy: 64 predictions in progress (limit 64); retry later"}
+    assert 'endpoint="/v2/models/{name}/infer"' in client.get("/metrics").text
+
+
 def test_openapi_states_the_limits_and_no_auth_without_keys(model_dir: Path) -> None:
     settings = {"max_texts_per_request": 8, "max_text_chars": 300, "max_n_samples": 50}
     with _client(model_dir, **settings) as client:
