@@ -150,11 +150,12 @@ class TextEncoder:
             tokens = data["tokens"]
             if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
                 raise TypeError("tokens must be a list of strings")
-            return cls(
-                Vocabulary(tokens),
-                ngram_max=int(data["ngram_max"]),
-                max_tokens=int(data["max_tokens"]),
-                lowercase=bool(data["lowercase"]),
-            )
+            for key in ("ngram_max", "max_tokens"):
+                if not isinstance(data[key], int) or isinstance(data[key], bool):
+                    raise TypeError(f"{key} must be an integer (got {type(data[key]).__name__})")
+            if not isinstance(data["lowercase"], bool):
+                raise TypeError(f"lowercase must be true or false (got {type(data['lowercase']).__name__})")
+            settings = {key: data[key] for key in ("ngram_max", "max_tokens", "lowercase")}
+            return cls(Vocabulary(tokens), **settings)
         except (KeyError, TypeError, ValueError, ConfigError) as error:
             raise CheckpointError(f"{source}: invalid vocabulary ({error})") from error

@@ -17,7 +17,7 @@ from typing import TextIO
 
 from mcdrop.core.engine import load_engine, random_seed
 from mcdrop.core.errors import McdropError
-from mcdrop.serving.presentation import prediction_dict
+from mcdrop.serving.presentation import PredictionDict, prediction_dict
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,16 @@ def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
+def _json_line(prediction: PredictionDict, model: str) -> str:
+    """One output line; a NaN or infinity (which JSON cannot hold) is an error, never a line no parser reads."""
+    try:
+        return json.dumps(prediction, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError:
+        raise McdropError(
+            f"model {model} produced a non-finite prediction (NaN or infinity); check its checkpoint"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``mcdrop predict``."""
     engine = load_engine(args.checkpoint, device=args.device, max_batch_rows=args.max_batch_rows)
@@ -102,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             fmt = "jsonl"
         for batch in _batches(_read_texts(stream, source, fmt), args.batch_size):
             for prediction in engine.predict(batch, n_samples=n_samples, seed=seed):
-                sys.stdout.write(json.dumps(prediction_dict(prediction), ensure_ascii=False) + "\n")
+                sys.stdout.write(_json_line(prediction_dict(prediction), engine.name))
     except UnicodeDecodeError as error:
         raise McdropError(f"{source}: not valid UTF-8 text ({error.reason})") from error
     finally:
