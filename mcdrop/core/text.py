@@ -6,6 +6,7 @@ It also reports the input-novelty signal: how many of a text's tokens the vocabu
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -95,7 +96,13 @@ class TextEncoder:
         self.lowercase = lowercase
 
     def tokens(self, text: str) -> list[str]:
-        return tokenize(text, self.lowercase)[: self.max_tokens]
+        """The first ``max_tokens`` tokens of ``text``; the scan stops there, so a long text costs no more."""
+        found = _TOKEN.finditer(text.lower() if self.lowercase else text)
+        return [match.group() for match in itertools.islice(found, self.max_tokens)]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text after truncation (what the model will read), without looking any up."""
+        return [len(self.tokens(text)) for text in texts]
 
     def encode(self, texts: Sequence[str]) -> EncodedTexts:
         ids: list[list[int]] = []

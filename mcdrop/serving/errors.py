@@ -23,9 +23,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mcdrop.core.errors import (
+    DeadlineExceeded,
     InputError,
     McdropError,
     ModelNotFound,
+    ModelUnavailable,
     OutOfMemory,
     Overloaded,
     ShuttingDown,
@@ -43,6 +45,8 @@ STATUS: tuple[tuple[type[McdropError], int], ...] = (
     (Overloaded, 503),
     (ShuttingDown, 503),
     (OutOfMemory, 503),
+    (ModelUnavailable, 503),
+    (DeadlineExceeded, 504),
 )
 
 
