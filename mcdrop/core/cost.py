@@ -46,6 +46,13 @@ def request_cost(model: MCModel, encoder: TextEncoder, texts: Sequence[str], n_s
     return n_samples * text_steps(model, encoder, texts)
 
 
+def explain_cost(model: MCModel, n_texts: int, steps: int, n_samples: int) -> str:
+    """How a cost adds up, for a refusal: ``1000 samples x 16384 tokens read`` or ``1000 samples x 64 texts``."""
+    if model.stochastic_recurrence:
+        return f"{n_samples} samples x {steps} tokens read"
+    return f"{n_samples} samples x {n_texts} texts"
+
+
 def check_deadline(deadline: Deadline, model_name: str, done: int, total: int) -> None:
     """Raise :class:`DeadlineExceeded` when ``deadline`` has passed; ``done`` of ``total`` texts are finished."""
     if deadline is None:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from mcdrop.core.checkpoint import Checkpoint, load_checkpoint
-from mcdrop.core.cost import Deadline, check_deadline, request_cost
+from mcdrop.core.cost import Deadline, check_deadline, explain_cost, request_cost, text_steps
 from mcdrop.core.decisions import Decision, DecisionPolicy, score_values
 from mcdrop.core.dropout import MaskSampler
 from mcdrop.core.errors import ConfigError, McdropError, OutOfMemory
@@ -171,6 +171,11 @@ class MCEngine:
     def cost(self, texts: Sequence[str], n_samples: int) -> int:
         """What ``n_samples`` samples of ``texts`` cost this model, in the units of :mod:`mcdrop.core.cost`."""
         return request_cost(self.model, self.encoder, texts, n_samples)
+
+    def costed(self, texts: Sequence[str], n_samples: int) -> tuple[int, str]:
+        """The cost of ``n_samples`` samples of ``texts`` and how it adds up (for a refusal)."""
+        steps = text_steps(self.model, self.encoder, texts)
+        return n_samples * steps, explain_cost(self.model, len(texts), steps, n_samples)
 
     def _check(self, n_samples: int, seeds: Sequence[int]) -> None:
         if not isinstance(n_samples, int) or n_samples < 1:

@@ -42,7 +42,7 @@ mutual information does not rise on out-of-domain text, the share of unknown tok
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: Service = app.state.service
     paths = service.discover()  # no checkpoints at all: fail start-up at once
-    service.start()
+    service.start(len(paths))
     logger.info("loading %d checkpoint(s) from %s", len(paths), service.settings.model_dir)
     loader = asyncio.create_task(service.load(paths), name="mcdrop-load")
     try:

@@ -1,11 +1,14 @@
-"""The served-model registry: loaded models, their batchers, readiness, and the inference thread.
+"""The served-model registry: loaded models, their batchers, readiness, and one inference thread per model.
 
 ``Service.load`` runs in the background while the server already answers ``/healthz`` and ``/readyz`` (503): each
-checkpoint under the model directory is loaded and warmed up on the inference thread, then every model gets a
-:class:`~mcdrop.serving.batcher.Batcher` and the service reports ready. ``Service.resolve`` finds the model a
-request names (or the default one). A checkpoint that fails to load marks the service
+checkpoint under the model directory is loaded and warmed up on a thread of its own, then every model gets a
+:class:`~mcdrop.serving.batcher.Batcher` on that thread and the service reports ready. ``Service.resolve`` finds the
+model a request names (or the default one). A checkpoint that fails to load marks the service
 failed (``/readyz`` says why) and calls ``on_fatal`` so ``mcdrop serve`` exits non-zero instead of idling unready.
-All inference, warm-up included, runs on one shared thread: the machine's cores belong to torch's own threads.
+
+Each model has its own inference thread, so one model's load never delays another's requests. Torch gets
+``Settings.inference_threads`` threads on each: by default the cores less one for the event loop, shared out among
+the models, because more torch threads than cores made engine calls 10-200x slower under load on 2 cores.
 """
 
 from __future__ import annotations
@@ -59,13 +62,15 @@ class Service:
             queue_limit=settings.queue_limit,
             queue_limit_rows=settings.queue_rows,
             batching=settings.batching,
+            queue_limit_cost=settings.queue_cost,
         )
         self.status: Literal["loading", "ready", "failed"] = "loading"
         self.detail: str | None = None
         self.models: dict[str, ServedModel] = {}
         self.default_model: str | None = None
         self.on_fatal: Callable[[], None] | None = None
-        self.executor: ThreadPoolExecutor | None = None
+        self.threads = 1  # torch threads of each inference thread, set by start()
+        self.executors: list[ThreadPoolExecutor] = []
 
     @property
     def ready(self) -> bool:
@@ -81,34 +86,42 @@ class Service:
             )
         return paths
 
-    def start(self) -> None:
-        """Create the inference thread; torch gets ``inference_threads`` threads so the event loop keeps a core."""
-        threads = self.settings.inference_threads
-        torch.set_num_threads(threads)
-        # OpenMP thread counts are per calling thread: set it on the inference thread too
-        self.executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="mcdrop-infer", initializer=torch.set_num_threads, initargs=(threads,)
+    def start(self, n_models: int) -> None:
+        """Size the inference threads for ``n_models`` models (the event loop keeps a core)."""
+        self.threads = self.settings.inference_threads(n_models)
+        torch.set_num_threads(self.threads)
+        logger.info("inference on one thread per model with %d torch thread(s) each", self.threads)
+
+    def _new_executor(self, index: int) -> ThreadPoolExecutor:
+        """A model's inference thread. OpenMP thread counts are per calling thread: set it on the thread itself."""
+        executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"mcdrop-infer-{index}",
+            initializer=torch.set_num_threads,
+            initargs=(self.threads,),
         )
-        logger.info("inference on one thread with %d torch thread(s)", threads)
+        self.executors.append(executor)
+        return executor
 
     async def load(self, paths: list[Path]) -> None:
-        """Load and warm up every checkpoint on the inference thread, then report ready (or failed)."""
-        assert self.executor is not None, "call start() first"
+        """Load and warm up every checkpoint on its own inference thread, then report ready (or failed)."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            engines: dict[str, tuple[MCEngine, Path]] = {}
-            for path in paths:
-                engine = await loop.run_in_executor(self.executor, self._load_one, path)
+            engines: dict[str, tuple[MCEngine, Path, ThreadPoolExecutor]] = {}
+            for index, path in enumerate(paths):
+                executor = self._new_executor(index)
+                engine = await loop.run_in_executor(executor, self._load_one, path)
                 if engine.name in engines:
                     raise CheckpointError(
                         f"two checkpoints are named {engine.name!r}: {engines[engine.name][1]} and {path}; "
                         "give each a distinct name in its config.json"
                     )
-                engines[engine.name] = (engine, path)
+                engines[engine.name] = (engine, path, executor)
             self.default_model = self._pick_default(sorted(engines))
             for name in sorted(engines):
-                self._add(engines[name][0])
+                engine, _, executor = engines[name]
+                self._add(engine, executor)
         except McdropError as error:
             self._fail(str(error))
             return
@@ -159,7 +172,7 @@ class Service:
             return wanted
         return names[0] if len(names) == 1 else None
 
-    def _add(self, engine: MCEngine) -> None:
+    def _add(self, engine: MCEngine, executor: ThreadPoolExecutor) -> None:
         config = engine.config
         baseline = dict(config.get("uncertainty_baseline") or {})
         if engine.calibration is not None:
@@ -173,8 +186,7 @@ class Service:
             dropout_placement=str(config.get("dropout_placement", "")),
             baseline=baseline,
         )
-        assert self.executor is not None
-        batcher = Batcher(engine, self.executor, self.policy, model_metrics)
+        batcher = Batcher(engine, executor, self.policy, model_metrics)
         batcher.start()
         default_n = min(engine.default_n_samples, self.settings.max_n_samples)
         if default_n < engine.default_n_samples:
@@ -230,10 +242,10 @@ class Service:
         return served
 
     async def close(self) -> None:
-        """Finish queued work, then stop the inference thread."""
+        """Finish queued work, then stop the inference threads."""
         for served in self.models.values():
             await served.batcher.close()
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            self.executor = None
+        for executor in self.executors:
+            executor.shutdown(wait=True, cancel_futures=True)
+        self.executors = []
         self.metrics.ready.set(0)

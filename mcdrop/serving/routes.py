@@ -21,7 +21,7 @@ from pydantic_core import to_json
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
-from mcdrop.core.errors import Overloaded
+from mcdrop.core.errors import DeadlineExceeded, InputError, Overloaded
 from mcdrop.serving.context import TIMING_KEY, RequestTiming, request_id_var
 from mcdrop.serving.dependencies import AnyService, Authorized, ReadyService, read_body
 from mcdrop.serving.errors import RETRY_AFTER_LOADING_S
@@ -112,17 +112,18 @@ async def predict(request: Request, _: Authorized, service: ReadyService) -> Res
     served = service.resolve(parsed.model)
     policy = service.decision_policy(served, parsed.max_risk, parsed.coverage, parsed.max_novelty)
     n_samples = parsed.n_samples or served.default_n_samples
+    cost = _admissible_cost(served, parsed.texts, n_samples, settings.max_request_cost)
     parsed_at = time.perf_counter()
     timing.parse_s = parsed_at - timing.start
     remaining_s = settings.request_timeout_s - (parsed_at - timing.start)
     try:
-        ticket = served.batcher.submit(parsed.texts, n_samples, parsed.seed, remaining_s, policy)
+        ticket = served.batcher.submit(parsed.texts, n_samples, parsed.seed, remaining_s, policy, cost)
     except Overloaded:
         service.metrics.reject(served.engine.name, "overloaded")
         raise
     try:
         result = await served.batcher.wait(ticket, remaining_s, _disconnected(request.receive))
-    except TimeoutError:
+    except (TimeoutError, DeadlineExceeded):  # waited past the deadline, or the engine stopped at it
         service.metrics.reject(served.engine.name, "timeout")
         raise HTTPException(504, f"deadline exceeded: no answer within {settings.request_timeout_s:g}s") from None
     if result is None:
@@ -146,6 +147,17 @@ async def predict(request: Request, _: Authorized, service: ReadyService) -> Res
     timing.batch_requests = result.batch_requests
     timing.predicted = True
     return Response(content, media_type="application/json")
+
+
+def _admissible_cost(served: ServedModel, texts: list[str], n_samples: int, limit: int) -> int:
+    """The request's cost in engine units; :class:`InputError` (422) over ``MCDROP_MAX_REQUEST_COST``."""
+    cost, terms = served.engine.costed(texts, n_samples)
+    if cost > limit:
+        raise InputError(
+            f"request: costs {cost} units ({terms} by {served.engine.name}), more than MCDROP_MAX_REQUEST_COST "
+            f"({limit}); send fewer or shorter texts, or fewer samples"
+        )
+    return cost
 
 
 def _model_summary(service: Service, served: ServedModel) -> dict[str, Any]:
