@@ -195,8 +195,14 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
 async def readyz(service: AnyService) -> JSONResponse:
-    """200 once every model is loaded and warmed up; 503 with Retry-After before (or when loading failed)."""
-    body = {"status": service.status, "models": sorted(service.models), "detail": service.detail}
+    """200 once the models are loaded and warmed up, with any checkpoint that failed to load named in ``failed``;
+    503 with Retry-After before, when loading failed as a whole, or once shutting down."""
+    body = {
+        "status": service.status,
+        "models": sorted(service.models),
+        "detail": service.detail,
+        "failed": {failure.entry: failure.detail for failure in service.failures},
+    }
     if service.ready:
         return JSONResponse(body)
     return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_LOADING_S)})

@@ -208,6 +208,9 @@ class Readiness(BaseModel):
     status: Literal["ready", "loading", "failed"]
     models: list[str]
     detail: str | None = None
+    failed: dict[str, str] = Field(
+        default_factory=dict, description="checkpoint directories that failed to load (not served), and why"
+    )
 
 
 @dataclass(frozen=True)
