@@ -3,7 +3,8 @@
     async def route(service: ReadyService, _: Authorized) -> ...
 
 ``Authorized`` answers 401/403 when API keys are on and the request has none or a wrong one; ``ReadyService`` is
-the :class:`~mcdrop.serving.registry.Service`, or 503 with Retry-After while models load (or after loading failed).
+the :class:`~mcdrop.serving.registry.Service`, or 503 with Retry-After while models load, after loading failed, and
+once the server is shutting down.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ def service_of(request: Request) -> Service:
 
 
 def ready_service(request: Request) -> Service:
-    """The service once every model is ready; 503 with Retry-After before (and after a failed load)."""
+    """The service once it is ready; 503 with Retry-After before, after a failed load, and while shutting down."""
     service = service_of(request)
     if not service.ready:
         service.metrics.reject(None, "not_ready")
-        reason = f"not ready: {service.detail}" if service.status == "failed" else "not ready: models are loading"
+        reasons = {"failed": f"not ready: {service.detail}", "stopping": "not ready: shutting down"}
+        reason = reasons.get(service.status, "not ready: models are loading")
         raise HTTPException(503, reason, headers={"Retry-After": str(RETRY_AFTER_LOADING_S)})
     return service
 

@@ -45,6 +45,10 @@ from mcdrop.serving.tickets import BatchPolicy
 
 logger = logging.getLogger(__name__)
 
+# What a shutdown keeps of MCDROP_SHUTDOWN_GRACE_S after the work stops: answering the requests that were stopped,
+# closing connections, stopping the threads and the interpreter (well under a second on a CPU).
+SHUTDOWN_MARGIN_S = 2.0
+
 
 @dataclass(frozen=True)
 class ServedModel:
@@ -70,7 +74,7 @@ class Service:
             batching=settings.batching,
             queue_limit_cost=settings.queue_cost,
         )
-        self.status: Literal["loading", "ready", "failed"] = "loading"
+        self.status: Literal["loading", "ready", "failed", "stopping"] = "loading"
         self.detail: str | None = None
         self.models: dict[str, ServedModel] = {}
         self.default_model: str | None = None
@@ -276,8 +280,23 @@ class Service:
             raise ModelNotFound(f"model {name!r} not found; available: {', '.join(self.models)}")
         return served
 
+    def begin_shutdown(self) -> None:
+        """SIGTERM: ``/readyz`` answers 503 from now on, new requests are refused, and no work, queued or running,
+        goes on past ``MCDROP_SHUTDOWN_GRACE_S`` less the time to answer and exit (:data:`SHUTDOWN_MARGIN_S`)."""
+        if self.status == "stopping":
+            return
+        if self.status != "failed":
+            self.status = "stopping"
+        grace = self.settings.shutdown_grace_s
+        work_s = max(grace - SHUTDOWN_MARGIN_S, grace / 2)
+        for served in self.models.values():
+            served.batcher.stop_at(time.perf_counter() + work_s)
+        self.metrics.ready.set(0)
+        logger.info("shutting down: /readyz answers 503; work in progress stops within %.1fs", work_s)
+
     async def close(self) -> None:
-        """Finish queued work, then stop the inference threads."""
+        """Finish queued work (within the shutdown grace period), then stop the inference threads."""
+        self.begin_shutdown()  # however shutdown was reached, nothing runs past the grace period
         for served in self.models.values():
             await served.batcher.close()
         for executor in self.executors:

@@ -205,7 +205,7 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "loading", "failed"]
+    status: Literal["ready", "loading", "failed", "stopping"]
     models: list[str]
     detail: str | None = None
     failed: dict[str, str] = Field(

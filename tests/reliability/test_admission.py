@@ -12,7 +12,7 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,49 +23,13 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from conftest import MakeCheckpoint
-from mcdrop.core.cost import Deadline
-from mcdrop.core.engine import Prediction
-from mcdrop.core.errors import DeadlineExceeded, Overloaded
+from harness import GatedEngine
+from mcdrop.core.errors import Overloaded
 from mcdrop.serving.app import create_app
 from mcdrop.serving.batcher import Batcher
 from mcdrop.serving.registry import Service
 from mcdrop.serving.settings import Settings, describe_errors
 from mcdrop.serving.tickets import BatchPolicy
-
-
-def _prediction(text: str) -> Prediction:
-    half = {"a": 0.5, "b": 0.5}
-    zero = {"a": 0.0, "b": 0.0}
-    return Prediction(text, half, zero, 0.69, 0.69, 0.0, 0.0, zero, 0.0, 1, 1)
-
-
-class GatedEngine:
-    """Records the deadline of each call; ``gate`` holds a call until set, or until its deadline passes."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-        self.deadlines: list[float] = []  # what each call's deadline read when the call began
-        self.stopped = threading.Event()
-
-    @property
-    def name(self) -> str:
-        return "gated"
-
-    def predict_many(
-        self,
-        requests: Sequence[tuple[Sequence[str], int]],
-        n_samples: int,
-        policies: Sequence[object] | None = None,
-        deadline: Deadline = None,
-    ) -> list[list[Prediction]]:
-        self.deadlines.append(deadline() if callable(deadline) else math.nan if deadline is None else deadline)
-        self.entered.set()
-        while not self.gate.wait(0.005):  # like the engine: look at the deadline between passes
-            if callable(deadline) and time.perf_counter() >= deadline():
-                self.stopped.set()
-                raise DeadlineExceeded("deadline exceeded: model gated stopped after 0 of 1 texts")
-        return [[_prediction(t) for t in texts] for texts, _ in requests]
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from conftest import write_tiny_checkpoint
-from servers import LONG_TEXT, REPO, SLOW_GRU, percentile, serve, timed_post
+from harness import LONG_TEXT, REPO, SLOW_GRU, percentile, serve, timed_post
 
 
 def _heavy_clients(url: str, body: dict[str, Any], n: int, stop: threading.Event, until_s: float) -> list[int]:

@@ -20,9 +20,9 @@ from prometheus_client import CollectorRegistry
 from safetensors.torch import load_file, save_file
 
 from conftest import MakeCheckpoint, write_tiny_checkpoint
+from harness import serve
 from mcdrop.serving.app import create_app
 from mcdrop.serving.settings import Settings
-from servers import serve
 
 
 def _client(model_dir: Path, **overrides: Any) -> TestClient:
