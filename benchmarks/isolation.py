@@ -17,6 +17,7 @@ count and time.
 Usage (CPU; clients and server share the machine, 2 cores here):
 
     python benchmarks/isolation.py [--small 100] [--rate 10] [--phase-seconds 90] [--max-request-cost N]
+                                   [--torch-threads N]
 
 Against another checkout (for a before/after comparison), put its package first: ``PYTHONPATH=/path/to/checkout``.
 """
@@ -149,6 +150,9 @@ def main() -> None:
     parser.add_argument(
         "--max-request-cost", type=int, default=None, help="MCDROP_MAX_REQUEST_COST for the server (default: its own)"
     )
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="MCDROP_TORCH_THREADS for the server (default: its own)"
+    )
     args = parser.parse_args()
     limit = args.max_request_cost or DEFAULT_MAX_REQUEST_COST
     maximal = {"texts": [WORD * (MAX_CHARS // len(WORD))] * MAX_TEXTS, "model": "rt-gru", "n_samples": MAX_N_SAMPLES}
@@ -156,6 +160,8 @@ def main() -> None:
     env = {"MCDROP_DEVICE": "cpu", "MCDROP_ACCESS_LOG": "false"}
     if args.max_request_cost is not None:
         env["MCDROP_MAX_REQUEST_COST"] = str(args.max_request_cost)
+    if args.torch_threads is not None:
+        env["MCDROP_TORCH_THREADS"] = str(args.torch_threads)
     with tempfile.TemporaryDirectory() as workdir:
         server = start_server(args.model_dir, Path(workdir) / "serve.log", env, timeout_s=180)
         try:
