@@ -2,10 +2,11 @@
 
 ``create_app(settings)`` returns an app whose lifespan finds every checkpoint under ``settings.model_dir``, then
 loads and warms them up in the background: the server accepts connections at once, ``/healthz`` answers 200 and
-``/readyz`` 503 (with Retry-After) until every model is ready. On shutdown (SIGTERM) uvicorn stops accepting and
-waits for requests in flight; the lifespan then lets every batcher finish its queue and stops the inference
-thread. Endpoints live in :mod:`.routes`, request context in :mod:`.context`, how refusals read in :mod:`.errors`
-and the model state in :mod:`.registry`.
+``/readyz`` 503 (with Retry-After) until the models are ready. On shutdown (SIGTERM) the service turns unready and
+stops taking work, uvicorn stops accepting and waits for requests in flight; the lifespan then lets every batcher
+finish its queue, all within ``MCDROP_SHUTDOWN_GRACE_S``, and stops the inference threads. Endpoints live in
+:mod:`.routes`, request context in :mod:`.context`, how refusals read in :mod:`.errors` and the model state in
+:mod:`.registry`.
 
     app = create_app(Settings(model_dir="models"))     # then: uvicorn.run(app) or mcdrop serve
 """

@@ -242,7 +242,7 @@ class Batcher:
     def _deadline(self, batch: Sequence[Ticket]) -> Deadline:
         """The engine's deadline for ``batch``: the latest of its requests still waiting, at most ``stop_at``."""
 
-        def deadline() -> float:  # read on the inference thread; futures and floats are only read there
+        def deadline() -> float:  # called on the inference thread: it only reads the futures' states
             waiting = [t.deadline for t in batch if not t.future.done()]
             return min(max(waiting, default=-math.inf), self._stop_at)
 
