@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import MakeCheckpoint
 from mcdrop.core.engine import MCEngine, load_engine
@@ -63,6 +65,16 @@ def test_a_passed_deadline_stops_before_any_work(make_checkpoint: MakeCheckpoint
         engine.predict_many([(["a", "b"], 1)], 10, deadline=time.perf_counter() - 1)
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """As on a served model's inference thread: two threads on a loaded 2-core machine make pass times erratic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
 def test_a_costly_call_stops_at_its_deadline(make_checkpoint: MakeCheckpoint) -> None:
     """64 long texts x 1000 samples: about 2M cost units, several seconds on a CPU; stopped 0.3 s in."""
     engine = engine_at(make_checkpoint("gru", name="slow-gru", **SLOW_GRU))
@@ -76,7 +88,8 @@ def test_a_costly_call_stops_at_its_deadline(make_checkpoint: MakeCheckpoint) ->
     with pytest.raises(DeadlineExceeded, match=r"stopped after \d+ of 64 texts"):
         engine.predict_many([(texts, 0)], 1000, deadline=started + 0.3)
     stopped_after = time.perf_counter() - started
-    assert stopped_after < 0.3 + 1.0, f"stopped {stopped_after:.2f}s after the call began, deadline 0.3s"
+    # one pass (256 rows) may still finish after the deadline; the whole call would take full_s
+    assert stopped_after < 0.3 + max(1.0, full_s / 5), f"stopped {stopped_after:.2f}s in, of about {full_s:.1f}s"
 
 
 def test_a_deadline_that_moves_is_read_before_every_pass(make_checkpoint: MakeCheckpoint) -> None:
