@@ -22,6 +22,14 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mcdrop.core.checkpoint_checks import (
+    DEFAULT_N_SAMPLES,
+    DEFAULT_TEMPERATURE,
+    FORMAT_VERSION,
+    REQUIRED_KEYS,
+    check_weights,
+    validate_config,
+)
 from mcdrop.core.contract import MCModel
 from mcdrop.core.decisions import Calibration
 from mcdrop.core.errors import CheckpointError, ConfigError
@@ -31,15 +39,11 @@ from mcdrop.core.text import TextEncoder
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.json"
 CALIBRATION_FILE = "calibration.json"
 NOVELTY_FILE = "novelty.json"
-REQUIRED_KEYS = ("name", "version", "architecture", "labels", "model_params")
-DEFAULT_N_SAMPLES = 50
-DEFAULT_TEMPERATURE = 1.0
 
 
 @dataclass
@@ -138,37 +142,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _validate_config(config: dict[str, Any], source: Path) -> None:
-    missing = [k for k in REQUIRED_KEYS if k not in config]
-    if missing:
-        raise CheckpointError(f"{source}: missing key(s) {', '.join(missing)}")
-    if config.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-        raise CheckpointError(f"{source}: format_version {config['format_version']} is not {FORMAT_VERSION}")
-    labels = config["labels"]
-    if (
-        not isinstance(labels, list)
-        or len(labels) < 2
-        or not all(isinstance(label, str) and label for label in labels)
-        or len(set(labels)) != len(labels)
-    ):
-        raise CheckpointError(f"{source}: labels must be a list of at least two distinct non-empty strings")
-    if not isinstance(config["model_params"], dict):
-        raise CheckpointError(f"{source}: model_params must be an object")
-    n_samples = config.get("default_n_samples", DEFAULT_N_SAMPLES)
-    if not isinstance(n_samples, int) or n_samples < 1:
-        raise CheckpointError(f"{source}: default_n_samples must be a positive integer (got {n_samples!r})")
-    temperature = config.get("temperature", DEFAULT_TEMPERATURE)
-    if not isinstance(temperature, int | float) or not temperature > 0:
-        raise CheckpointError(f"{source}: temperature must be a positive number (got {temperature!r})")
-
-
 def load_checkpoint(directory: str | os.PathLike[str], device: str = "cpu") -> Checkpoint:
-    """Load a checkpoint directory; any missing or corrupt file raises :class:`CheckpointError` naming it."""
+    """Load a checkpoint directory; any missing or corrupt file, a config value of the wrong type, or weights that
+    do not match the config or are not finite raise :class:`CheckpointError`: one line naming the file and key."""
     path = Path(directory)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint directory (expected {CONFIG_FILE}, {WEIGHTS_FILE})")
     config = _read_json(path / CONFIG_FILE)
-    _validate_config(config, path / CONFIG_FILE)
+    validate_config(config, path / CONFIG_FILE)
     encoder = TextEncoder.from_json(_read_json(path / VOCAB_FILE), source=str(path / VOCAB_FILE))
     try:
         model = build_model(config["architecture"], len(encoder.vocab), len(config["labels"]), config["model_params"])
@@ -184,10 +165,8 @@ def load_checkpoint(directory: str | os.PathLike[str], device: str = "cpu") -> C
         state = load_file(str(weights_path), device=device)
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{weights_path}: corrupt or unreadable safetensors file ({error})") from error
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:  # shape or key mismatch, the only RuntimeError load_state_dict raises
-        raise CheckpointError(f"{weights_path}: weights do not match {CONFIG_FILE} ({error})") from error
+    check_weights(model.state_dict(), state, weights_path)  # names, shapes, dtypes, finiteness: one line each
+    model.load_state_dict(state, strict=True)
     model.to(device).eval()
     calibration = novelty_model = None
     if (path / CALIBRATION_FILE).exists():

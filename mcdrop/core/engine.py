@@ -8,6 +8,10 @@ How the cost stays low (see ``docs/engine.md``):
   request's answer depend only on its own texts, seed and ``n_samples``,
 * inputs are sorted by length so sequence batches carry little padding.
 
+What a request will cost is known before it runs (``engine.cost``, in the units of :mod:`mcdrop.core.cost`), and
+a call given a ``deadline`` checks it before every tail pass and stops with ``DeadlineExceeded`` once it has passed,
+so work nobody waits for any more does not hold the engine.
+
 Usage::
 
     engine = load_engine("models/rt-mlp")
@@ -20,7 +24,6 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,10 +31,12 @@ import torch
 from torch import Tensor
 
 from mcdrop.core.checkpoint import Checkpoint, load_checkpoint
+from mcdrop.core.cost import Deadline, check_deadline, explain_cost, request_cost, text_steps
 from mcdrop.core.decisions import Decision, DecisionPolicy
 from mcdrop.core.dropout import MaskSampler
 from mcdrop.core.errors import ConfigError, McdropError, OutOfMemory
 from mcdrop.core.novelty import NgramLanguageModel
+from mcdrop.core.prediction import Prediction as Prediction  # re-exported: the engine's answer type
 from mcdrop.core.text import EncodedTexts, Vocabulary
 from mcdrop.core.uncertainty import summarize
 
@@ -44,45 +49,6 @@ MAX_SEED = 2**63 - 1
 CPU_RECURRENT_PASS_ROWS = 256
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_POLICY = DecisionPolicy()
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One text's MC prediction, at the precision the engine computed it (serving rounds it for JSON)."""
-
-    label: str
-    probs: dict[str, float]
-    variance: dict[str, float]
-    entropy: float
-    expected_entropy: float
-    mutual_information: float
-    variation_ratio: float
-    std_error: dict[str, float]
-    oov_fraction: float
-    n_tokens: int
-    n_known_tokens: int
-    novelty: float | None = None  # with a calibrated novelty model: share of calibration texts less surprising
-    prediction_set: list[str] | None = None  # with a calibration: the conformal set at the policy's coverage
-    decision: Decision | None = None  # with a calibration and a policy's max_risk
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict (``dataclasses.asdict`` without its deep copies, which cost on a hot path)."""
-        return {
-            "label": self.label,
-            "probs": self.probs,
-            "variance": self.variance,
-            "entropy": self.entropy,
-            "expected_entropy": self.expected_entropy,
-            "mutual_information": self.mutual_information,
-            "variation_ratio": self.variation_ratio,
-            "std_error": self.std_error,
-            "oov_fraction": self.oov_fraction,
-            "n_tokens": self.n_tokens,
-            "n_known_tokens": self.n_known_tokens,
-            "novelty": self.novelty,
-            "prediction_set": self.prediction_set,
-            "decision": None if self.decision is None else self.decision.to_dict(),
-        }
 
 
 def resolve_device(device: str) -> torch.device:
@@ -177,10 +143,13 @@ class MCEngine:
             yield order[start : start + size]
 
     def _sample(
-        self, encoded: EncodedTexts, seeds: Sequence[int], n_samples: int
+        self, encoded: EncodedTexts, seeds: Sequence[int], n_samples: int, deadline: Deadline = None
     ) -> Iterator[tuple[list[int], Tensor]]:
-        """Yield (input indices, probabilities ``(S, b, C)``) chunk by chunk; ``seeds[i]`` is input i's seed."""
+        """Yield (input indices, probabilities ``(S, b, C)``) chunk by chunk; ``seeds[i]`` is input i's seed.
+
+        ``deadline`` is checked before every tail pass: past it :class:`DeadlineExceeded` stops the work."""
         samples_per_pass = min(n_samples, self.pass_rows)
+        done = 0
         for index in self._chunks(encoded, n_samples):
             batch = self.model.make_input([encoded.ids[i] for i in index], self.device)
             chunk_seeds, groups = torch.unique(torch.tensor([seeds[i] for i in index]), return_inverse=True)
@@ -192,12 +161,25 @@ class MCEngine:
                 dtype=self.dtype,  # under autocast, fp32 masks would promote activations back to fp32
             )
             with torch.inference_mode(), self._autocast():
+                check_deadline(deadline, self.name, done, len(encoded))
                 state = self.model.prefix(batch)
                 parts = []
                 for start in range(0, n_samples, samples_per_pass):
+                    if start:
+                        check_deadline(deadline, self.name, done, len(encoded))
                     sampler.start_pass(slice(start, min(n_samples, start + samples_per_pass)))
                     parts.append(self._probs(self.model.stochastic_tail(state, sampler)))
+            done += len(index)
             yield index, torch.cat(parts).cpu()
+
+    def cost(self, texts: Sequence[str], n_samples: int) -> int:
+        """What ``n_samples`` samples of ``texts`` cost this model, in the units of :mod:`mcdrop.core.cost`."""
+        return request_cost(self.model, self.encoder, texts, n_samples)
+
+    def costed(self, texts: Sequence[str], n_samples: int) -> tuple[int, str]:
+        """The cost of ``n_samples`` samples of ``texts`` and how it adds up (for a refusal)."""
+        steps = text_steps(self.model, self.encoder, texts)
+        return n_samples * steps, explain_cost(self.model, len(texts), steps, n_samples)
 
     def _check(self, n_samples: int, seeds: Sequence[int]) -> None:
         if not isinstance(n_samples, int) or n_samples < 1:
@@ -211,11 +193,15 @@ class MCEngine:
         requests: Sequence[tuple[Sequence[str], int]],
         n_samples: int,
         policies: Sequence[DecisionPolicy] | None = None,
+        deadline: Deadline = None,
     ) -> list[list[Prediction]]:
         """Predict several requests ``(texts, seed)`` in one engine pass; each result equals a separate call.
 
         ``policies[r]`` says what request ``r`` wants decided (default: conformal sets at 90 % coverage, no
         accept/abstain decision); it changes nothing about sampling, so requests with any policies share a pass.
+        ``deadline`` (a ``time.perf_counter()`` value, or a function giving it) is checked before every tail pass;
+        past it the call raises :class:`~mcdrop.core.errors.DeadlineExceeded` instead of finishing work nobody
+        waits for.
         """
         self._check(n_samples, [seed for _, seed in requests])
         if policies is None:
@@ -230,7 +216,7 @@ class MCEngine:
         encoded = self.encoder.encode(texts)
         flat: list[Prediction | None] = [None] * len(texts)
         try:
-            for index, probs in self._sample(encoded, seeds, n_samples):
+            for index, probs in self._sample(encoded, seeds, n_samples, deadline):
                 for i, prediction in zip(index, self._summaries(probs, encoded, index, text_policies), strict=True):
                     flat[i] = prediction
         except (torch.OutOfMemoryError, MemoryError) as error:

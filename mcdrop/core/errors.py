@@ -14,6 +14,8 @@ error                       meaning                                            H
 :class:`Overloaded`         the queue is full; nothing was started              503
 :class:`ShuttingDown`       the service is stopping and takes no new work       503
 :class:`OutOfMemory`        the device ran out of memory for a batch            503
+:class:`ModelUnavailable`   the named model's checkpoint failed to load         503
+:class:`DeadlineExceeded`   the engine stopped a batch at its deadline          504
 ==========================  =================================================  ======
 """
 
@@ -54,3 +56,11 @@ class ShuttingDown(McdropError):
 
 class OutOfMemory(McdropError):
     """The inference device ran out of memory for a batch; retry later or with a smaller request."""
+
+
+class ModelUnavailable(McdropError, LookupError):
+    """A request names a model whose checkpoint failed to load; the message says where the reason is."""
+
+
+class DeadlineExceeded(McdropError, TimeoutError):
+    """The engine stopped work at its deadline: nobody waits for the rest. Retry with a smaller request."""

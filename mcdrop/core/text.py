@@ -6,6 +6,7 @@ It also reports the input-novelty signal: how many of a text's tokens the vocabu
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -95,7 +96,13 @@ class TextEncoder:
         self.lowercase = lowercase
 
     def tokens(self, text: str) -> list[str]:
-        return tokenize(text, self.lowercase)[: self.max_tokens]
+        """The first ``max_tokens`` tokens of ``text``; the scan stops there, so a long text costs no more."""
+        found = _TOKEN.finditer(text.lower() if self.lowercase else text)
+        return [match.group() for match in itertools.islice(found, self.max_tokens)]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text after truncation (what the model will read), without looking any up."""
+        return [len(self.tokens(text)) for text in texts]
 
     def encode(self, texts: Sequence[str]) -> EncodedTexts:
         ids: list[list[int]] = []
@@ -150,11 +157,12 @@ class TextEncoder:
             tokens = data["tokens"]
             if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
                 raise TypeError("tokens must be a list of strings")
-            return cls(
-                Vocabulary(tokens),
-                ngram_max=int(data["ngram_max"]),
-                max_tokens=int(data["max_tokens"]),
-                lowercase=bool(data["lowercase"]),
-            )
+            for key in ("ngram_max", "max_tokens"):
+                if not isinstance(data[key], int) or isinstance(data[key], bool):
+                    raise TypeError(f"{key} must be an integer (got {type(data[key]).__name__})")
+            if not isinstance(data["lowercase"], bool):
+                raise TypeError(f"lowercase must be true or false (got {type(data['lowercase']).__name__})")
+            settings = {key: data[key] for key in ("ngram_max", "max_tokens", "lowercase")}
+            return cls(Vocabulary(tokens), **settings)
         except (KeyError, TypeError, ValueError, ConfigError) as error:
             raise CheckpointError(f"{source}: invalid vocabulary ({error})") from error

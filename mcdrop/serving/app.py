@@ -2,10 +2,11 @@
 
 ``create_app(settings)`` returns an app whose lifespan finds every checkpoint under ``settings.model_dir``, then
 loads and warms them up in the background: the server accepts connections at once, ``/healthz`` answers 200 and
-``/readyz`` 503 (with Retry-After) until every model is ready. On shutdown (SIGTERM) uvicorn stops accepting and
-waits for requests in flight; the lifespan then lets every batcher finish its queue and stops the inference
-thread. Endpoints live in :mod:`.routes` (``/v1``) and :mod:`.v2_routes` (``/v2``), request context in
-:mod:`.context`, how refusals read in :mod:`.errors` and the model state in :mod:`.registry`.
+``/readyz`` 503 (with Retry-After) until the models are ready. On shutdown (SIGTERM) the service turns unready and
+stops taking work, uvicorn stops accepting and waits for requests in flight; the lifespan then lets every batcher
+finish its queue, all within ``MCDROP_SHUTDOWN_GRACE_S``, and stops the inference threads. Endpoints live in
+:mod:`.routes` (``/v1``) and :mod:`.v2_routes` (``/v2``), request context in :mod:`.context`, how refusals read in
+:mod:`.errors` and the model state in :mod:`.registry`.
 
     app = create_app(Settings(model_dir="models"))     # then: uvicorn.run(app) or mcdrop serve
 """
@@ -45,7 +46,7 @@ mutual information does not rise on out-of-domain text, the share of unknown tok
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: Service = app.state.service
     paths = service.discover()  # no checkpoints at all: fail start-up at once
-    service.start()
+    service.start(len(paths))
     logger.info("loading %d checkpoint(s) from %s", len(paths), service.settings.model_dir)
     loader = asyncio.create_task(service.load(paths), name="mcdrop-load")
     try:

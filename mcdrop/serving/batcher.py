@@ -1,27 +1,34 @@
-"""Batching across concurrent requests: one bounded queue and one worker task per model.
+"""Batching across concurrent requests: one bounded queue, one worker task and one inference thread per model.
 
 Requests are queued with their own texts, sample count and seed. The worker takes the oldest live request, then
 every other queued request with the same ``n_samples`` (FIFO) until the merged batch reaches ``max_batch_rows``
 rows (texts x samples), waiting at most ``max_wait_ms`` after the first one arrived for more to join. The batch is
-one ``engine.predict_many`` call, run on an executor thread (never on the event loop); each request gets its own
-slice. The engine derives every request's dropout masks from its own seed alone, so a seeded request gets the
-same answer merged or alone. Requests without a seed share one seed drawn for their batch: each answer is
-reproducible from the seed it reports, and the batch pays for one set of masks instead of one per request.
-Under load no waiting is needed: requests that arrive while the engine is busy form the next batch.
+one ``engine.predict_many`` call, run on the model's own executor thread (never on the event loop, never behind
+another model's work); each request gets its own slice. The engine derives every request's dropout masks from its
+own seed alone, so a seeded request gets the same answer merged or alone. Requests without a seed share one seed
+drawn for their batch: each answer is reproducible from the seed it reports, and the batch pays for one set of
+masks instead of one per request. Under load no waiting is needed: requests that arrive while the engine is busy
+form the next batch.
 
-Overload and deadlines: ``submit`` refuses at once (:class:`~mcdrop.core.errors.Overloaded`) when the queued texts
-would exceed ``queue_limit`` or the queued rows (texts x samples) ``queue_limit_rows``, before anything starts; a
-text costs the engine one row per sample, so the row limit is what bounds how long the queue takes to drain. A
-request whose future is cancelled or whose deadline has passed is skipped by the worker, so a client that gave up
-costs nothing more; one already in the engine finishes and its answer is dropped. An unexpected error while forming
-or handing back a batch fails that batch's requests (and is logged); the worker goes on with the next.
+Overload and deadlines: ``submit`` refuses at once (:class:`~mcdrop.core.errors.Overloaded`) when the queued texts,
+rows or cost units (queued plus running) would pass their limits (:mod:`mcdrop.serving.queue`), before anything
+starts. A request whose future is cancelled or whose deadline has passed is skipped by the worker, so a client
+that gave up costs nothing more. The engine call itself gets a deadline it checks before every tail pass: the
+latest deadline among the batch's requests still waiting (none waiting: now), so a batch nobody waits for stops
+within one pass and answers :class:`~mcdrop.core.errors.DeadlineExceeded`. An unexpected error while forming or
+handing back a batch fails that batch's requests (and is logged); the worker goes on with the next.
+
+Shutdown: ``stop_at(t)`` refuses new requests and caps every engine deadline at ``t``; queued requests still run
+until then, and whatever is left at ``t`` (queued, or in the engine) is answered
+:class:`~mcdrop.core.errors.ShuttingDown`. ``close`` then waits for the worker.
 
     policy = BatchPolicy(max_batch_rows=32768, max_wait_ms=2, queue_limit=1024, queue_limit_rows=1_048_576)
     batcher = Batcher(engine, executor, policy)
     batcher.start()                                   # inside the running event loop
-    ticket = batcher.submit(["good film"], n_samples=100, seed=7, timeout_s=30)
+    ticket = batcher.submit(["good film"], n_samples=100, seed=7, timeout_s=30, cost=300)
     result = await batcher.wait(ticket, timeout_s=30)  # TimeoutError past it; None if `gone` fires first
-    await batcher.close()                             # finishes what is queued, then stops the worker
+    batcher.stop_at(time.perf_counter() + 23)         # SIGTERM: no new work, nothing running past that
+    await batcher.close()                             # finishes what is queued (until then), stops the worker
 """
 
 from __future__ import annotations
@@ -31,15 +38,16 @@ import logging
 import math
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
+from mcdrop.core.cost import Deadline
 from mcdrop.core.decisions import DecisionPolicy
 from mcdrop.core.engine import DEFAULT_POLICY, Prediction
-from mcdrop.core.errors import Overloaded, ShuttingDown
+from mcdrop.core.errors import DeadlineExceeded, ShuttingDown
 from mcdrop.serving.presentation import PredictionDict, prediction_dict
+from mcdrop.serving.queue import TicketQueue
 from mcdrop.serving.telemetry import ModelMetrics
 from mcdrop.serving.tickets import BatchPolicy, Result, Ticket
 
@@ -57,6 +65,7 @@ class EngineLike(Protocol):
         requests: Sequence[tuple[Sequence[str], int]],
         n_samples: int,
         policies: Sequence[DecisionPolicy] | None = None,
+        deadline: Deadline = None,
     ) -> Sequence[Sequence[Prediction]]: ...
 
 
@@ -74,21 +83,25 @@ class Batcher:
         self.executor = executor
         self.policy = policy
         self.metrics = metrics
-        self._pending: deque[Ticket] = deque()
-        self._pending_texts = 0
-        self._pending_rows = 0
+        self.queue = TicketQueue(engine.name, policy, self._set_depth)
         self._wakeup = asyncio.Event()
         self._closing = False
+        self._stop_at = math.inf  # engine work and queued requests end here (shutdown); +inf: no shutdown
         self._worker: asyncio.Task[None] | None = None
         self._seeds = random.Random()  # seeds must be reproducible, not secret: no system call per batch
 
     @property
     def queued_texts(self) -> int:
-        return self._pending_texts
+        return self.queue.texts
 
     @property
     def queued_rows(self) -> int:
-        return self._pending_rows
+        return self.queue.rows
+
+    @property
+    def queued_cost(self) -> int:
+        """Cost units queued or in the engine."""
+        return self.queue.cost + self.queue.running_cost
 
     @property
     def running(self) -> bool:
@@ -111,35 +124,24 @@ class Batcher:
         seed: int | None,
         timeout_s: float,
         policy: DecisionPolicy = DEFAULT_POLICY,
+        cost: int = 0,
     ) -> Ticket:
-        """Queue a request; raises :class:`Overloaded` (nothing queued) or :class:`ShuttingDown`."""
-        if self._closing:
+        """Queue a request that costs ``cost`` units; raises :class:`Overloaded` (nothing queued) or
+        :class:`ShuttingDown`."""
+        if self._closing or self._stop_at < math.inf:
             raise ShuttingDown(f"model {self.engine.name} is shutting down")
-        n_texts = len(texts)
-        if self._pending_texts + n_texts > self.policy.queue_limit:
-            raise Overloaded(
-                f"model {self.engine.name} is overloaded: {self._pending_texts} texts queued "
-                f"(limit {self.policy.queue_limit}); retry later"
-            )
-        if self._pending_rows + n_texts * n_samples > self.policy.queue_limit_rows:
-            raise Overloaded(
-                f"model {self.engine.name} is overloaded: {self._pending_rows} rows (texts x samples) queued "
-                f"(limit {self.policy.queue_limit_rows}); retry later or with fewer samples"
-            )
+        self.queue.admit(len(texts), len(texts) * n_samples, cost)
         now = time.perf_counter()
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        ticket = Ticket(texts, n_samples, seed, now + timeout_s, future, now, policy)
-        self._pending.append(ticket)
-        self._pending_texts += n_texts
-        self._pending_rows += ticket.rows
-        self._set_depth()
+        ticket = Ticket(texts, n_samples, seed, now + timeout_s, future, now, policy, cost=cost)
+        self.queue.push(ticket)
         self._wakeup.set()
         return ticket
 
     def abandon(self, ticket: Ticket) -> None:
-        """The caller gave up (deadline, disconnect): cancel it so the worker skips it if not yet started."""
+        """The caller gave up (deadline, disconnect): cancel it so the worker skips it, or the engine stops it."""
         ticket.future.cancel()
-        self._release(ticket)
+        self.queue.release(ticket)
 
     async def wait(self, ticket: Ticket, timeout_s: float, gone: Awaitable[object] | None = None) -> Result | None:
         """The ticket's result (or the engine's exception); ``None`` when ``gone`` (e.g. "the client
@@ -160,8 +162,14 @@ class Batcher:
             return None
         raise TimeoutError(f"no answer within {timeout_s:g}s")
 
+    def stop_at(self, when: float) -> None:
+        """Shutdown: refuse new requests, and let no work (queued or running) go on past ``when``
+        (``time.perf_counter()``)."""
+        self._stop_at = min(self._stop_at, when)
+        self._wakeup.set()
+
     async def close(self) -> None:
-        """Refuse new work, finish everything queued, then stop the worker."""
+        """Refuse new work, finish everything queued (until ``stop_at``, if given), then stop the worker."""
         self._closing = True
         self._wakeup.set()
         if self._worker is not None:
@@ -170,61 +178,18 @@ class Batcher:
 
     # -- worker -------------------------------------------------------------------------------------------------
 
-    def _release(self, ticket: Ticket) -> None:
-        if not ticket.released:
-            ticket.released = True
-            self._pending_texts -= len(ticket.texts)
-            self._pending_rows -= ticket.rows
-            self._set_depth()
-
-    def _set_depth(self) -> None:
+    def _set_depth(self, texts: int) -> None:
         if self.metrics is not None:
-            self.metrics.queue_depth.set(self._pending_texts)
-
-    def _live_head(self, now: float) -> Ticket | None:
-        """Drop abandoned or expired requests from the front; return the oldest live one."""
-        pending = self._pending
-        while pending:
-            head = pending[0]
-            if head.future.done() or now >= head.deadline:
-                pending.popleft()
-                self._release(head)
-                continue
-            return head
-        return None
-
-    def _rows_waiting(self, n_samples: int) -> int:
-        return sum(t.rows for t in self._pending if t.n_samples == n_samples and not t.future.done())
-
-    def _take(self, first: Ticket, now: float) -> list[Ticket]:
-        """Remove and return ``first`` plus the queued live requests with its ``n_samples`` that fit in a batch."""
-        if not self.policy.batching:
-            self._pending.popleft()
-            self._release(first)
-            return [first]
-        batch: list[Ticket] = []
-        keep: deque[Ticket] = deque()
-        rows = 0
-        full = False
-        for ticket in self._pending:
-            if ticket.future.done() or now >= ticket.deadline:
-                self._release(ticket)
-            elif full or ticket.n_samples != first.n_samples:
-                keep.append(ticket)
-            elif not batch or rows + ticket.rows <= self.policy.max_batch_rows:
-                batch.append(ticket)
-                rows += ticket.rows
-                self._release(ticket)
-            else:
-                full = True  # keep FIFO order among equal n_samples: later ones wait for the next batch
-                keep.append(ticket)
-        self._pending = keep
-        return batch
+            self.metrics.queue_depth.set(texts)
 
     async def _next_head(self) -> Ticket | None:
-        """The oldest live request, waiting for one; ``None`` once closing with nothing left."""
+        """The oldest live request, waiting for one; ``None`` once closing with nothing left (or past stop_at)."""
         while True:
-            first = self._live_head(time.perf_counter())
+            now = time.perf_counter()
+            if now >= self._stop_at and len(self.queue):
+                left = list(self.queue.pending)
+                self._fail(left, ShuttingDown(f"model {self.engine.name} is shutting down; retry later"))
+            first = self.queue.live_head(now)
             if first is not None or self._closing:
                 return first
             self._wakeup.clear()
@@ -235,7 +200,7 @@ class Batcher:
         if self.policy.batching and self.policy.max_wait_ms > 0:
             # the window opens when the first request arrived: one that already waited for a busy engine runs now
             until = first.enqueued + self.policy.max_wait_ms / 1000
-            while not self._closing and self._rows_waiting(first.n_samples) < self.policy.max_batch_rows:
+            while not self._closing and self.queue.rows_waiting(first.n_samples) < self.policy.max_batch_rows:
                 remaining = until - time.perf_counter()
                 if remaining <= 0:
                     break
@@ -246,7 +211,7 @@ class Batcher:
                     break
             if first.future.done():  # abandoned while waiting: the next head opens its own window
                 return []
-        return self._take(first, time.perf_counter())
+        return self.queue.take(first, time.perf_counter())
 
     async def _run(self) -> None:
         while True:
@@ -263,17 +228,25 @@ class Batcher:
                 # a bug here must cost only the requests at hand, never the worker: every later request of this
                 # model would otherwise wait for its deadline while /readyz still reports ready
                 logger.exception("batch of model %s failed", self.engine.name)
-                self._fail([first, *batch] if first is not None else list(self._pending), error)
+                self._fail([first, *batch] if first is not None else list(self.queue.pending), error)
                 await asyncio.sleep(0)  # never a busy loop that starves the event loop, whatever failed
 
     def _fail(self, tickets: Sequence[Ticket], error: Exception) -> None:
-        """Take ``tickets`` out of the queue and resolve each with ``error`` (the route answers 500)."""
-        failed = {id(t) for t in tickets}
-        self._pending = deque(t for t in self._pending if id(t) not in failed)
+        """Take ``tickets`` out of the queue and resolve each with ``error``."""
+        self.queue.remove(tickets)
         for ticket in tickets:
-            self._release(ticket)
+            self.queue.release(ticket)
             if not ticket.future.done():
                 ticket.future.set_exception(error)
+
+    def _deadline(self, batch: Sequence[Ticket]) -> Deadline:
+        """The engine's deadline for ``batch``: the latest of its requests still waiting, at most ``stop_at``."""
+
+        def deadline() -> float:  # called on the inference thread: it only reads the futures' states
+            waiting = [t.deadline for t in batch if not t.future.done()]
+            return min(max(waiting, default=-math.inf), self._stop_at)
+
+        return deadline
 
     async def _dispatch(self, batch: list[Ticket]) -> None:
         """One engine call for ``batch`` on the executor; each request gets its slice (or the engine's error)."""
@@ -284,13 +257,20 @@ class Batcher:
         seeds = [batch_seed if t.seed is None else t.seed for t in batch]
         requests = [(t.texts, seed) for t, seed in zip(batch, seeds, strict=True)]
         policies = [t.policy for t in batch]
+        self.queue.running_cost = sum(t.cost for t in batch)
         try:
-            outputs, engine_s = await loop.run_in_executor(self.executor, self._infer, requests, n_samples, policies)
-        except Exception as error:  # the engine failed: every request in the batch gets the error
+            outputs, engine_s = await loop.run_in_executor(
+                self.executor, self._infer, requests, n_samples, policies, self._deadline(batch)
+            )
+        except Exception as error:  # the engine failed or stopped: every request in the batch gets the error
+            if isinstance(error, DeadlineExceeded) and time.perf_counter() >= self._stop_at:
+                error = ShuttingDown(f"model {self.engine.name} is shutting down; its work was stopped, retry later")
             for ticket in batch:
                 if not ticket.future.done():
                     ticket.future.set_exception(error)
             return
+        finally:
+            self.queue.running_cost = 0
         if len(outputs) != len(batch):
             raise RuntimeError(f"model {self.engine.name} answered {len(outputs)} of {len(batch)} requests")
         n_texts = sum(len(t.texts) for t in batch)
@@ -301,11 +281,15 @@ class Batcher:
                 )
 
     def _infer(
-        self, requests: list[tuple[Sequence[str], int]], n_samples: int, policies: list[DecisionPolicy]
+        self,
+        requests: list[tuple[Sequence[str], int]],
+        n_samples: int,
+        policies: list[DecisionPolicy],
+        deadline: Deadline,
     ) -> tuple[list[list[PredictionDict]], float]:
         """Executor thread: one engine call, then the JSON-ready dicts and the metrics."""
         start = time.perf_counter()
-        results = self.engine.predict_many(requests, n_samples, policies)
+        results = self.engine.predict_many(requests, n_samples, policies, deadline=deadline)
         engine_s = time.perf_counter() - start
         for predictions in results:
             for p in predictions:  # NaN would propagate into both; refuse to serve it (the caller answers 500)

@@ -4,8 +4,9 @@ bounded read, and the watcher that notices a client that went away.
     async def route(service: ReadyService, _: Authorized) -> ...
 
 ``Authorized`` answers 401/403 when API keys are on and the request has none or a wrong one; ``ReadyService`` is
-the :class:`~mcdrop.serving.registry.Service`, or 503 with Retry-After while models load (or after loading failed).
-``check_media_type`` answers 415 unless the body is declared as uncompressed JSON; ``read_body`` 413 past the limit.
+the :class:`~mcdrop.serving.registry.Service`, or 503 with Retry-After while models load, after loading failed, and
+once the server is shutting down. ``check_media_type`` answers 415 unless the body is declared as uncompressed
+JSON; ``read_body`` 413 past the limit.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ async def service_of(request: Request) -> Service:
 
 
 def not_ready(service: Service) -> HTTPException:
-    """The 503 (with Retry-After) that answers while models load, or after loading failed."""
-    reason = f"not ready: {service.detail}" if service.status == "failed" else "not ready: models are loading"
+    """The 503 (with Retry-After) that answers while models load, after a failed load, and while shutting down."""
+    reasons = {"failed": f"not ready: {service.detail}", "stopping": "not ready: shutting down"}
+    reason = reasons.get(service.status, "not ready: models are loading")
     return HTTPException(503, reason, headers={"Retry-After": str(RETRY_AFTER_LOADING_S)})
 
 
 async def ready_service(request: Request) -> Service:
-    """The service once every model is ready; 503 with Retry-After before (and after a failed load)."""
+    """The service once it is ready; 503 with Retry-After before, after a failed load, and while shutting down."""
     service: Service = request.app.state.service
     if not service.ready:
         service.metrics.reject(None, "not_ready")

@@ -31,9 +31,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mcdrop.core.errors import (
+    DeadlineExceeded,
     InputError,
     McdropError,
     ModelNotFound,
+    ModelUnavailable,
     OutOfMemory,
     Overloaded,
     ShuttingDown,
@@ -57,6 +59,8 @@ STATUS: tuple[tuple[type[McdropError], int], ...] = (
     (Overloaded, 503),
     (ShuttingDown, 503),
     (OutOfMemory, 503),
+    (ModelUnavailable, 503),
+    (DeadlineExceeded, 504),
 )
 
 

@@ -18,7 +18,7 @@ from typing import TextIO
 from mcdrop.core.decisions import DEFAULT_COVERAGE, DecisionPolicy
 from mcdrop.core.engine import MCEngine, load_engine, random_seed
 from mcdrop.core.errors import InputError, McdropError
-from mcdrop.serving.presentation import prediction_dict
+from mcdrop.serving.presentation import PredictionDict, prediction_dict
 from mcdrop.serving.schemas import check_decision_fields
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,16 @@ def _policy(args: argparse.Namespace, engine: MCEngine) -> DecisionPolicy:
     )
 
 
+def _json_line(prediction: PredictionDict, model: str) -> str:
+    """One output line; a NaN or infinity (which JSON cannot hold) is an error, never a line no parser reads."""
+    try:
+        return json.dumps(prediction, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError:
+        raise McdropError(
+            f"model {model} produced a non-finite prediction (NaN or infinity); check its checkpoint"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``mcdrop predict``."""
     engine = load_engine(args.checkpoint, device=args.device, max_batch_rows=args.max_batch_rows)
@@ -124,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             fmt = "jsonl"
         for batch in _batches(_read_texts(stream, source, fmt), args.batch_size):
             for prediction in engine.predict(batch, n_samples=n_samples, seed=seed, policy=policy):
-                sys.stdout.write(json.dumps(prediction_dict(prediction), ensure_ascii=False) + "\n")
+                sys.stdout.write(_json_line(prediction_dict(prediction), engine.name))
     except UnicodeDecodeError as error:
         raise McdropError(f"{source}: not valid UTF-8 text ({error.reason})") from error
     finally:

@@ -1,11 +1,20 @@
-"""The served-model registry: loaded models, their batchers, readiness, and the inference thread.
+"""The served-model registry: loaded models, their batchers, readiness, and one inference thread per model.
 
 ``Service.load`` runs in the background while the server already answers ``/healthz`` and ``/readyz`` (503): each
-checkpoint under the model directory is loaded and warmed up on the inference thread, then every model gets a
-:class:`~mcdrop.serving.batcher.Batcher` and the service reports ready. ``Service.resolve`` finds the model a
-request names (or the default one). A checkpoint that fails to load marks the service
-failed (``/readyz`` says why) and calls ``on_fatal`` so ``mcdrop serve`` exits non-zero instead of idling unready.
-All inference, warm-up included, runs on one shared thread: the machine's cores belong to torch's own threads.
+checkpoint under the model directory is loaded and warmed up on a thread of its own, then every model gets a
+:class:`~mcdrop.serving.batcher.Batcher` on that thread and the service reports ready. ``Service.resolve`` finds the
+model a request names (or the default one).
+
+A checkpoint that fails to load does not take the others down: the service serves the models that loaded, reports
+ready (``/readyz`` 200) and names the failed directory entries in ``/readyz`` and in
+``mcdrop_model_load_failures_total``; a request naming a failed model gets 503. Readiness is a routing decision, and
+every replica loads the same checkpoints: a 503 for one bad checkpoint would take every model off every replica.
+With ``MCDROP_REQUIRE_ALL_MODELS``, or when no checkpoint loads, the service is failed instead (``/readyz`` says
+why) and calls ``on_fatal`` so ``mcdrop serve`` exits non-zero rather than idle unready.
+
+Each model has its own inference thread, so one model's load never delays another's requests. Torch gets
+``Settings.inference_threads`` threads on each: by default the cores less one for the event loop, shared out among
+the models, because more torch threads than cores made engine calls 10-200x slower under load on 2 cores.
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ import gc
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +35,10 @@ import torch
 
 from mcdrop.core.checkpoint import discover_checkpoints
 from mcdrop.core.decisions import DecisionPolicy
-from mcdrop.core.engine import MCEngine, load_engine
-from mcdrop.core.errors import CheckpointError, InputError, McdropError, ModelNotFound
+from mcdrop.core.engine import MCEngine
+from mcdrop.core.errors import CheckpointError, InputError, McdropError, ModelNotFound, ModelUnavailable
 from mcdrop.serving.batcher import Batcher
+from mcdrop.serving.loading import LoadFailure, load_and_warm
 from mcdrop.serving.schemas import Limits, shorten
 from mcdrop.serving.settings import Settings
 from mcdrop.serving.telemetry import Metrics
@@ -35,7 +46,9 @@ from mcdrop.serving.tickets import BatchPolicy
 
 logger = logging.getLogger(__name__)
 
-_WARMUP_TEXT = "a warm up sentence for the engine that is neither good nor bad"
+# What a shutdown keeps of MCDROP_SHUTDOWN_GRACE_S after the work stops: answering the requests that were stopped,
+# closing connections, stopping the threads and the interpreter (well under a second on a CPU).
+SHUTDOWN_MARGIN_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -60,13 +73,16 @@ class Service:
             queue_limit=settings.queue_limit,
             queue_limit_rows=settings.queue_rows,
             batching=settings.batching,
+            queue_limit_cost=settings.queue_cost,
         )
-        self.status: Literal["loading", "ready", "failed"] = "loading"
+        self.status: Literal["loading", "ready", "failed", "stopping"] = "loading"
         self.detail: str | None = None
         self.models: dict[str, ServedModel] = {}
         self.default_model: str | None = None
         self.on_fatal: Callable[[], None] | None = None
-        self.executor: ThreadPoolExecutor | None = None
+        self.threads = 1  # torch threads of each inference thread, set by start()
+        self.executors: list[ThreadPoolExecutor] = []
+        self.failures: list[LoadFailure] = []  # checkpoints not served, in the order they were found
 
     @property
     def ready(self) -> bool:
@@ -82,34 +98,34 @@ class Service:
             )
         return paths
 
-    def start(self) -> None:
-        """Create the inference thread; torch gets ``inference_threads`` threads so the event loop keeps a core."""
-        threads = self.settings.inference_threads
-        torch.set_num_threads(threads)
-        # OpenMP thread counts are per calling thread: set it on the inference thread too
-        self.executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="mcdrop-infer", initializer=torch.set_num_threads, initargs=(threads,)
+    def start(self, n_models: int) -> None:
+        """Size the inference threads for ``n_models`` models (the event loop keeps a core)."""
+        self.threads = self.settings.inference_threads(n_models)
+        torch.set_num_threads(self.threads)
+        logger.info("inference on one thread per model with %d torch thread(s) each", self.threads)
+
+    def _new_executor(self, index: int) -> ThreadPoolExecutor:
+        """A model's inference thread. OpenMP thread counts are per calling thread: set it on the thread itself."""
+        executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"mcdrop-infer-{index}",
+            initializer=torch.set_num_threads,
+            initargs=(self.threads,),
         )
-        logger.info("inference on one thread with %d torch thread(s)", threads)
+        self.executors.append(executor)
+        return executor
 
     async def load(self, paths: list[Path]) -> None:
-        """Load and warm up every checkpoint on the inference thread, then report ready (or failed)."""
-        assert self.executor is not None, "call start() first"
-        loop = asyncio.get_running_loop()
+        """Load and warm up every checkpoint on its own inference thread, then apply the failure policy: serve the
+        models that loaded and report the others, or (``MCDROP_REQUIRE_ALL_MODELS``, or none loaded) fail."""
         started = time.perf_counter()
         try:
-            engines: dict[str, tuple[MCEngine, Path]] = {}
-            for path in paths:
-                engine = await loop.run_in_executor(self.executor, self._load_one, path)
-                if engine.name in engines:
-                    raise CheckpointError(
-                        f"two checkpoints are named {engine.name!r}: {engines[engine.name][1]} and {path}; "
-                        "give each a distinct name in its config.json"
-                    )
-                engines[engine.name] = (engine, path)
-            self.default_model = self._pick_default(sorted(engines))
+            engines = await self._load_all(paths)
+            if self.failures and (self.settings.require_all_models or not engines):
+                raise CheckpointError(self._failure_summary())
+            self.default_model = self._pick_default(sorted(engines), single=len(paths) == 1)
             for name in sorted(engines):
-                self._add(engines[name][0])
+                self._add(*engines[name])
         except McdropError as error:
             self._fail(str(error))
             return
@@ -123,49 +139,78 @@ class Service:
         gc.collect()
         gc.freeze()
         self.status = "ready"
+        self.detail = self._failure_summary() if self.failures else None
         self.metrics.ready.set(1)
         logger.info(
-            "ready: %d model(s) (%s), default %s, in %.1fs",
+            "ready: %d model(s) (%s), default %s, in %.1fs%s",
             len(self.models),
             ", ".join(self.models),
             self.default_model or "none (requests must name a model)",
             time.perf_counter() - started,
+            f"; NOT serving {self.detail}" if self.failures else "",
         )
+
+    async def _load_all(self, paths: list[Path]) -> dict[str, tuple[MCEngine, ThreadPoolExecutor]]:
+        """Every checkpoint that loads, by model name; the others, and every checkpoint of a name that several
+        declare (which one is meant cannot be told), become ``self.failures``."""
+        loop = asyncio.get_running_loop()
+        loaded: list[tuple[MCEngine, ThreadPoolExecutor, Path]] = []
+        for index, path in enumerate(paths):
+            executor = self._new_executor(index)
+            try:
+                loaded.append((await loop.run_in_executor(executor, self._load_one, path), executor, path))
+            except McdropError as error:
+                self._record_failure(LoadFailure.of(path, str(error)), executor)
+            except Exception as error:  # a bug or a broken environment, not the checkpoint: log the traceback
+                logger.exception("loading %s failed", path)
+                self._record_failure(LoadFailure.of(path, f"{path}: {type(error).__name__}: {error}"), executor)
+        named = Counter(engine.name for engine, _, _ in loaded)
+        served: dict[str, tuple[MCEngine, ThreadPoolExecutor]] = {}
+        for engine, executor, path in loaded:
+            if named[engine.name] == 1:
+                served[engine.name] = (engine, executor)
+                continue
+            entries = ", ".join(p.name for e, _, p in loaded if e.name == engine.name)
+            detail = (
+                f"{path}: {named[engine.name]} checkpoints are named {engine.name!r} ({entries}); give each a "
+                "distinct name in its config.json"
+            )
+            self._record_failure(LoadFailure.of(path, detail), executor)
+        return served
+
+    def _record_failure(self, failure: LoadFailure, executor: ThreadPoolExecutor) -> None:
+        self.failures.append(failure)
+        self.metrics.load_failed(failure.entry)
+        executor.shutdown(wait=False)
+        self.executors.remove(executor)
+        logger.error("cannot serve %s: %s", failure.entry, failure.detail)
+
+    def _failure_summary(self) -> str:
+        what = "; ".join(f.detail for f in self.failures)
+        return f"{len(self.failures)} checkpoint(s) failed to load: {what}"
 
     def _load_one(self, path: Path) -> MCEngine:
-        settings = self.settings
-        began = time.perf_counter()
-        engine = load_engine(
-            str(path), device=settings.device, max_batch_rows=settings.max_batch_rows, dtype=settings.dtype
-        )
-        # the largest batch the batcher will form, so first requests pay no allocation or lazy set-up
-        n_samples = min(engine.default_n_samples, settings.max_n_samples)
-        texts = [_WARMUP_TEXT] * max(1, settings.max_batch_rows // n_samples)
-        for _ in range(settings.warmup_passes):
-            engine.predict_many([(texts, 0)], n_samples)
-        logger.info(
-            "loaded %s (version %s, %s) from %s on %s in %.2fs",
-            engine.name,
-            engine.version,
-            engine.config.get("architecture"),
-            path,
-            engine.device,
-            time.perf_counter() - began,
-        )
-        return engine
+        return load_and_warm(path, self.settings)
 
-    def _pick_default(self, names: list[str]) -> str | None:
+    def _pick_default(self, names: list[str], single: bool) -> str | None:
+        """``MCDROP_DEFAULT_MODEL`` (a failed model stays the default: its requests get 503), else the model when
+        the directory held exactly one checkpoint."""
         wanted = self.settings.default_model
         if wanted is not None:
-            if wanted not in names:
+            if wanted not in names and wanted not in self.unavailable:
                 raise CheckpointError(
                     f"MCDROP_DEFAULT_MODEL={wanted!r} is not among the loaded models ({', '.join(names)}); "
                     "set it to one of them or leave it unset"
                 )
             return wanted
-        return names[0] if len(names) == 1 else None
+        return names[0] if single and names else None
 
-    def _add(self, engine: MCEngine) -> None:
+    @property
+    def unavailable(self) -> dict[str, LoadFailure]:
+        """Failed checkpoints whose model name is known, by that name."""
+        return {f.name: f for f in self.failures if f.name is not None}
+
+    def _add(self, engine: MCEngine, executor: ThreadPoolExecutor) -> None:
         config = engine.config
         baseline = dict(config.get("uncertainty_baseline") or {})
         if engine.calibration is not None:
@@ -179,8 +224,7 @@ class Service:
             dropout_placement=str(config.get("dropout_placement", "")),
             baseline=baseline,
         )
-        assert self.executor is not None
-        batcher = Batcher(engine, self.executor, self.policy, model_metrics)
+        batcher = Batcher(engine, executor, self.policy, model_metrics)
         batcher.start()
         default_n = min(engine.default_n_samples, self.settings.max_n_samples)
         if default_n < engine.default_n_samples:
@@ -221,25 +265,58 @@ class Service:
             max_novelty=calibration.max_novelty if max_novelty is None else max_novelty,
         )
 
+    def admissible_cost(self, served: ServedModel, texts: Sequence[str], n_samples: int) -> int:
+        """A request's cost in engine units; :class:`InputError` (422) over ``MCDROP_MAX_REQUEST_COST``."""
+        limit = self.settings.max_request_cost
+        cost, terms = served.engine.costed(texts, n_samples)
+        if cost > limit:
+            raise InputError(
+                f"request: costs {cost} units ({terms} by {served.engine.name}), more than MCDROP_MAX_REQUEST_COST "
+                f"({limit}); send fewer or shorter texts, or fewer samples"
+            )
+        return cost
+
     def resolve(self, name: str | None) -> ServedModel:
         """The model a request names (or the default); raises :class:`ModelNotFound` or :class:`InputError`."""
         if name is None:
             name = self.default_model
             if name is None:
+                configured = [*self.models, *sorted(self.unavailable)]  # a failed model still needs its name
                 raise InputError(
-                    f"model: required when several models are served ({', '.join(self.models)}); "
+                    f"model: required when several models are served ({', '.join(configured)}); "
                     "name one, or start the server with MCDROP_DEFAULT_MODEL"
                 )
         served = self.models.get(name)
         if served is None:
+            failed = self.unavailable.get(name)
+            if failed is not None:
+                raise ModelUnavailable(
+                    f"model {shorten(name)!r} is not available: its checkpoint {failed.entry} failed to load (see "
+                    f"/readyz); available: {', '.join(self.models)}"
+                )
             raise ModelNotFound(f"model {shorten(name)!r} not found; available: {', '.join(self.models)}")
         return served
 
+    def begin_shutdown(self) -> None:
+        """SIGTERM: ``/readyz`` answers 503 from now on, new requests are refused, and no work, queued or running,
+        goes on past ``MCDROP_SHUTDOWN_GRACE_S`` less the time to answer and exit (:data:`SHUTDOWN_MARGIN_S`)."""
+        if self.status == "stopping":
+            return
+        if self.status != "failed":
+            self.status = "stopping"
+        grace = self.settings.shutdown_grace_s
+        work_s = max(grace - SHUTDOWN_MARGIN_S, grace / 2)
+        for served in self.models.values():
+            served.batcher.stop_at(time.perf_counter() + work_s)
+        self.metrics.ready.set(0)
+        logger.info("shutting down: /readyz answers 503; work in progress stops within %.1fs", work_s)
+
     async def close(self) -> None:
-        """Finish queued work, then stop the inference thread."""
+        """Finish queued work (within the shutdown grace period), then stop the inference threads."""
+        self.begin_shutdown()  # however shutdown was reached, nothing runs past the grace period
         for served in self.models.values():
             await served.batcher.close()
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            self.executor = None
+        for executor in self.executors:
+            executor.shutdown(wait=True, cancel_futures=True)
+        self.executors = []
         self.metrics.ready.set(0)

@@ -145,6 +145,9 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "loading", "failed"]
+    status: Literal["ready", "loading", "failed", "stopping"]
     models: list[str]
     detail: str | None = None
+    failed: dict[str, str] = Field(
+        default_factory=dict, description="checkpoint directories that failed to load (not served), and why"
+    )

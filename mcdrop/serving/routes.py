@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import to_json
 from starlette.requests import ClientDisconnect
 
-from mcdrop.core.errors import Overloaded
+from mcdrop.core.errors import DeadlineExceeded, Overloaded
 from mcdrop.serving.context import TIMING_KEY, RequestTiming, request_id_var
 from mcdrop.serving.dependencies import (
     AnyService,
@@ -111,17 +111,18 @@ async def _predict(request: Request, service: Service, body: bytes) -> Response:
     served = service.resolve(parsed.model)
     policy = service.decision_policy(served, parsed.max_risk, parsed.coverage, parsed.max_novelty)
     n_samples = parsed.n_samples or served.default_n_samples
+    cost = service.admissible_cost(served, parsed.texts, n_samples)
     parsed_at = time.perf_counter()
     timing.parse_s = parsed_at - timing.start
     remaining_s = settings.request_timeout_s - (parsed_at - timing.start)
     try:
-        ticket = served.batcher.submit(parsed.texts, n_samples, parsed.seed, remaining_s, policy)
+        ticket = served.batcher.submit(parsed.texts, n_samples, parsed.seed, remaining_s, policy, cost)
     except Overloaded:
         service.metrics.reject(served.engine.name, "overloaded")
         raise
     try:
         result = await served.batcher.wait(ticket, remaining_s, disconnected(request.receive))
-    except TimeoutError:
+    except (TimeoutError, DeadlineExceeded):  # waited past the deadline, or the engine stopped at it
         service.metrics.reject(served.engine.name, "timeout")
         raise HTTPException(504, f"deadline exceeded: no answer within {settings.request_timeout_s:g}s") from None
     if result is None:
@@ -182,8 +183,14 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
 async def readyz(service: AnyService) -> JSONResponse:
-    """200 once every model is loaded and warmed up; 503 with Retry-After before (or when loading failed)."""
-    body = {"status": service.status, "models": sorted(service.models), "detail": service.detail}
+    """200 once the models are loaded and warmed up, with any checkpoint that failed to load named in ``failed``;
+    503 with Retry-After before, when loading failed as a whole, or once shutting down."""
+    body = {
+        "status": service.status,
+        "models": sorted(service.models),
+        "detail": service.detail,
+        "failed": {failure.entry: failure.detail for failure in service.failures},
+    }
     if service.ready:
         return JSONResponse(body)
     return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_LOADING_S)})

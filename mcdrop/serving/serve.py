@@ -3,17 +3,24 @@
     mcdrop serve --model-dir models --port 8000 --max-wait-ms 2
 
 The settings are validated before anything binds a port; a directory without checkpoints fails with one line.
-Logs carry the id of the request being served. SIGINT/SIGTERM stop the server gracefully.
+Logs carry the id of the request being served. SIGINT/SIGTERM stop the server gracefully within
+``MCDROP_SHUTDOWN_GRACE_S``: ``/readyz`` answers 503 at once, work still running near the end is stopped (503), and
+the process exits with status 0 (uvicorn alone would re-raise the signal and end with 143).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import math
+import signal
 import sys
+import threading
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +106,33 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).propagate = True
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, with the service told at the first SIGINT/SIGTERM, and no signal re-raised after a clean
+    shutdown: a requested stop that completed is a success (exit status 0), not death by SIGTERM (143)."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
+        # a signal handler runs between two bytecodes of the event loop's thread: hand over to the loop
+        with contextlib.suppress(RuntimeError):  # no loop running: nothing is served yet, or any more
+            asyncio.get_running_loop().call_soon_threadsafe(self.service.begin_shutdown)
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     """uvicorn's configuration: the hardened protocol (:mod:`.protocol`) with the settings' connection limits."""
     limits = ConnectionLimits(
@@ -121,7 +155,8 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         access_log=False,  # the request-context middleware logs each request with its id and timing
         lifespan="on",
         server_header=False,
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        # a backstop only: the service stops its work 2 s before the grace period ends, so requests end first
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s) - 1),
     )
 
 
@@ -132,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(settings)
     service: Service = app.state.service
     service.discover()  # fail with one clear line before binding a port
-    server = uvicorn.Server(uvicorn_config(app, settings))
+    server = _Server(uvicorn_config(app, settings), service)
 
     def stop() -> None:
         server.should_exit = True

@@ -22,6 +22,10 @@ ENV_PREFIX = "MCDROP_"
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 DType = Literal["float32", "float16", "bfloat16"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+# 64 texts of 256 tokens at 61 samples on a model with dropout before its recurrence: about 5 s on one CPU thread
+# at the shipped GRU's 4-9 µs per unit, so a request at the limit and one queued before it both finish within the
+# 30 s default deadline (docs/api.md, "Cost of a request").
+DEFAULT_MAX_REQUEST_COST = 1_000_000
 
 
 class Settings(BaseSettings):
@@ -81,6 +85,30 @@ class Settings(BaseSettings):
     )
     request_timeout_s: float = Field(
         default=30.0, gt=0.0, description="Deadline for a prediction from arrival to answer; past it the answer is 504."
+    )
+    max_request_cost: int = Field(
+        default=DEFAULT_MAX_REQUEST_COST,
+        ge=1,
+        description="Most one request may cost the engine, in cost units (texts x samples x tokens read for a model "
+        "with dropout before its recurrence, texts x samples otherwise); beyond it 422 before any work.",
+    )
+    queue_limit_cost: int = Field(
+        default=0,
+        ge=0,
+        description="Cost units that may be queued or running per model; beyond it requests get 503 + Retry-After. "
+        "0: 2 x MCDROP_MAX_REQUEST_COST.",
+    )
+    shutdown_grace_s: float = Field(
+        default=25.0,
+        ge=1.0,
+        le=3600.0,
+        description="Seconds from SIGTERM to exit: /readyz answers 503 at once, queued and running work is stopped "
+        "(503) 2 s before the end. Keep it below the orchestrator's kill timeout.",
+    )
+    require_all_models: bool = Field(
+        default=False,
+        description="Refuse to serve when any checkpoint fails to load (off: serve the others and report the failed "
+        "ones in /readyz and mcdrop_model_load_failures_total).",
     )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
@@ -142,7 +170,8 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=1024,
-        description="Threads torch may use for inference; 0: one per CPU core, less the one the event loop needs.",
+        description="Torch threads of each model's inference thread; 0: the CPU cores less one for the event loop, "
+        "shared out among the models (at least one each).",
     )
     warmup_passes: int = Field(
         default=1,
@@ -205,7 +234,18 @@ class Settings(BaseSettings):
                 f"MCDROP_MAX_N_SAMPLES ({self.max_texts_per_request} x {self.max_n_samples} = {largest}), so a "
                 "full-size request could never be queued; raise it, lower those limits, or set 0 for the default"
             )
+        if 0 < self.queue_limit_cost < self.max_request_cost:
+            raise ValueError(
+                f"MCDROP_QUEUE_LIMIT_COST ({self.queue_limit_cost}) is below MCDROP_MAX_REQUEST_COST "
+                f"({self.max_request_cost}), so a request at the cost limit could never be queued; raise it, lower "
+                "the request limit, or set 0 for the default"
+            )
         return self
+
+    @property
+    def queue_cost(self) -> int:
+        """``queue_limit_cost``, or for 0 room for two requests at the cost limit (one running, one waiting)."""
+        return self.queue_limit_cost or 2 * self.max_request_cost
 
     @property
     def queue_rows(self) -> int:
@@ -214,13 +254,13 @@ class Settings(BaseSettings):
             return self.queue_limit_rows
         return max(64 * self.max_batch_rows, self.max_texts_per_request * self.max_n_samples)
 
-    @property
-    def inference_threads(self) -> int:
-        """``torch_threads``, or for 0 the cores this process may use minus one (at least one)."""
+    def inference_threads(self, n_models: int) -> int:
+        """Torch threads of each model's inference thread: ``torch_threads``, or for 0 the cores this process may
+        use less one for the event loop, shared out among the models (at least one each)."""
         if self.torch_threads:
             return self.torch_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cores - 1)
+        return max(1, (cores - 1) // max(1, n_models))
 
     @property
     def api_key_bytes(self) -> tuple[bytes, ...]:

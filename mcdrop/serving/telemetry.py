@@ -3,7 +3,8 @@
 Label values are bounded: ``endpoint`` is a route template (or ``unmatched``), ``status`` a class (``2xx``..``5xx``),
 ``method`` one of the HTTP methods (else ``other``), and ``model`` one of the loaded models: ``Metrics`` only
 creates model label values in ``add_model``, so a request naming an unknown model never creates one. Rejections
-that happen before any model is known (``not_ready``) carry ``model=""``.
+that happen before any model is known (``not_ready``) carry ``model=""``. ``model_dir_entry`` is the name of a
+checkpoint directory that failed to load (cut to 64 characters): the model directory is read once, at start-up.
 
     registry = CollectorRegistry()
     metrics = Metrics(registry)            # also registers the process/platform/gc collectors
@@ -207,7 +208,17 @@ class Metrics:
             ("model", "version", "architecture", "dropout_placement"),
             registry=registry,
         )
-        self.ready = Gauge("mcdrop_ready", "1 once every model is loaded and warmed up, else 0.", registry=registry)
+        self.ready = Gauge(
+            "mcdrop_ready",
+            "1 once the models are loaded and warmed up (and until shutdown), else 0.",
+            registry=registry,
+        )
+        self.load_failures = Counter(
+            "mcdrop_model_load_failures_total",
+            "Checkpoints of the model directory that failed to load at start-up and are not served (1 per entry).",
+            ("model_dir_entry",),
+            registry=registry,
+        )
         self._models: dict[str, ModelMetrics] = {}
         self._request_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
@@ -256,6 +267,10 @@ class Metrics:
             found.rejected[reason].inc()
         else:
             self.rejected.labels("", reason).inc()
+
+    def load_failed(self, entry: str) -> None:
+        """Count a checkpoint directory that failed to load (``entry``: its name, at most 64 characters)."""
+        self.load_failures.labels(entry[:64]).inc()
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         key = (endpoint, method_label(method), status_class(status))

@@ -22,6 +22,7 @@ class BatchPolicy:
     queue_limit: int = 1024  # texts
     queue_limit_rows: int = 262_144  # texts x samples
     batching: bool = True
+    queue_limit_cost: int = 0  # cost units (mcdrop.core.cost) queued or running; 0: no limit
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ class Ticket:
     future: asyncio.Future[Result]
     enqueued: float = field(default_factory=time.perf_counter)  # the same clock as the deadline
     policy: DecisionPolicy = field(default_factory=DecisionPolicy)  # what to decide; no effect on sampling
-    released: bool = False  # its texts and rows no longer count against the queue limits
+    released: bool = False  # its texts, rows and cost no longer count against the queue limits
+    cost: int = 0  # what the engine will pay for it, in cost units (mcdrop.core.cost)
 
     @property
     def rows(self) -> int:

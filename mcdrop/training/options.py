@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mcdrop.core.checkpoint import DEFAULT_N_SAMPLES
+from mcdrop.core.checkpoint_checks import DEFAULT_N_SAMPLES
 from mcdrop.core.errors import ConfigError
 from mcdrop.core.registry import MODEL_CLASSES
 

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mcdrop.core.checkpoint import DEFAULT_TEMPERATURE, Checkpoint, save_checkpoint
+from mcdrop.core.checkpoint import Checkpoint, save_checkpoint
+from mcdrop.core.checkpoint_checks import DEFAULT_TEMPERATURE
 from mcdrop.core.contract import MCModel
 from mcdrop.core.engine import MCEngine
 from mcdrop.core.registry import MODEL_CLASSES, build_model

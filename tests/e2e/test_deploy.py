@@ -229,11 +229,15 @@ def running_server(model_dir: Path, log_path: Path, ready_timeout_s: float = 90.
         server.stop()
 
 
-def predict(server: ServerProcess, texts: list[str], seed: int = 0, max_risk: float | None = None) -> dict[str, Any]:
+def predict(
+    server: ServerProcess, texts: list[str], seed: int = 0, max_risk: float | None = None, model: str | None = None
+) -> dict[str, Any]:
     """POST /v1/predict; with ``max_risk`` every prediction also gets a decision (the model must be calibrated)."""
     request: dict[str, object] = {"texts": texts, "n_samples": 8, "seed": seed}
     if max_risk is not None:
         request["max_risk"] = max_risk
+    if model is not None:
+        request["model"] = model
     status, body = http("POST", server.url + "/v1/predict", request)
     assert status == 200, body
     result: dict[str, Any] = json.loads(body)
@@ -243,11 +247,13 @@ def predict(server: ServerProcess, texts: list[str], seed: int = 0, max_risk: fl
 @pytest.mark.slow
 def test_dashboard_and_alerts_query_only_exported_metrics(make_checkpoint: MakeCheckpoint, tmp_path: Path) -> None:
     # Its baseline has every training statistic, mean_oov_fraction included; calibrated, it also exports
-    # abstain_share and serves decisions and novelty.
+    # abstain_share and serves decisions and novelty. A corrupt checkpoint beside it exports the load failure.
     model_dir = make_checkpoint("mlp", calibrated=True).parent
+    (make_checkpoint("mlp", name="broken") / "model.safetensors").write_bytes(b"not safetensors")
     with running_server(model_dir, tmp_path / "serve.log") as server:
         assert http("GET", server.url + "/healthz")[0] == 200
-        result = predict(server, ["a wonderful film", "a boring mess of a film", "zzz qqq"], max_risk=0.1)
+        texts = ["a wonderful film", "a boring mess of a film", "zzz qqq"]
+        result = predict(server, texts, max_risk=0.1, model="tiny-mlp")
         assert all(p["decision"] is not None and p["novelty"] is not None for p in result["predictions"])
         status, body = http("GET", server.url + "/metrics")
     assert status == 200

@@ -276,8 +276,7 @@ def test_sigterm_finishes_requests_in_flight(tmp_path: Path) -> None:
 
         responses = asyncio.run(scenario())
         assert [r.status_code for r in responses] == [200] * n_requests
-        # uvicorn re-raises the signal once it has shut down cleanly
-        assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0  # a clean, requested shutdown is a success
         log = server.log()
         assert "Application shutdown complete" in log and "mcdrop.serving.app [-] stopped" in log
 

@@ -53,7 +53,11 @@ class FakeEngine:
         return "fake"
 
     def predict_many(
-        self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int, policies: Sequence[object] | None = None
+        self,
+        requests: Sequence[tuple[Sequence[str], int]],
+        n_samples: int,
+        policies: Sequence[object] | None = None,
+        deadline: object = None,
     ) -> list[list[Prediction]]:
         self.calls.append(([(list(texts), seed) for texts, seed in requests], n_samples))
         self.entered.set()
@@ -278,6 +282,7 @@ def test_unexpected_error_fails_only_its_batch(executor: ThreadPoolExecutor, cap
             requests: Sequence[tuple[Sequence[str], int]],
             n_samples: int,
             policies: Sequence[object] | None = None,
+            deadline: object = None,
         ) -> list[list[Prediction]]:
             results = super().predict_many(requests, n_samples)
             return results[:-1] if len(self.calls) == 1 else results
@@ -327,6 +332,7 @@ def test_engine_error_reaches_every_request_of_the_batch(executor: ThreadPoolExe
             requests: Sequence[tuple[Sequence[str], int]],
             n_samples: int,
             policies: Sequence[object] | None = None,
+            deadline: object = None,
         ) -> list[list[Prediction]]:
             raise MemoryError("out of memory")
 
@@ -393,6 +399,7 @@ def test_non_finite_predictions_are_refused(executor: ThreadPoolExecutor) -> Non
             requests: Sequence[tuple[Sequence[str], int]],
             n_samples: int,
             policies: Sequence[object] | None = None,
+            deadline: object = None,
         ) -> list[list[Prediction]]:
             [[prediction]] = super().predict_many(requests, n_samples)
             return [[dataclasses.replace(prediction, entropy=math.nan)]]

@@ -24,6 +24,7 @@ CONTRACT = {
     "mcdrop_rejected_requests_total": {"model", "reason"},
     "mcdrop_model_info": {"model", "version", "architecture", "dropout_placement"},
     "mcdrop_ready": set(),
+    "mcdrop_model_load_failures_total": {"model_dir_entry"},
 }
 BASELINE = {
     "mean_entropy": 0.4,
@@ -44,6 +45,7 @@ def _metrics() -> Metrics:
     metrics.observe_request("/v1/predict", "POST", 200, 0.02)
     metrics.reject("m", "overloaded")
     metrics.reject(None, "not_ready")
+    metrics.load_failed("broken-checkpoint")
     return metrics
 
 

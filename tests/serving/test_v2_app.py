@@ -98,3 +98,15 @@ def test_openapi_documents_the_v2_endpoints(client: TestClient) -> None:
     ):
         assert path in paths, path
     assert "example" in paths["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]
+
+
+def test_the_cost_limit_refuses_v2_infer_as_it_refuses_v1(client: TestClient) -> None:
+    service: Service = client.app.state.service  # type: ignore[attr-defined]
+    service.settings.max_request_cost = 10  # tiny-mlp: one unit per text and sample
+    body = {**BODY, "parameters": {"n_samples": 20}}
+    v2 = client.post(INFER, json=body)
+    assert v2.status_code == 400
+    assert v2.json()["error"].startswith("request: costs 20 units (20 samples x 1 texts by tiny-mlp), more than")
+    v1 = client.post("/v1/predict", json={"texts": ["great fun"], "n_samples": 20})
+    assert v1.status_code == 422 and v1.json()["detail"] == v2.json()["error"]
+    assert client.post(INFER, json={**BODY, "parameters": {"n_samples": 10}}).status_code == 200

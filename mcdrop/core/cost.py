@@ -1,0 +1,64 @@
+"""What a request costs the engine, in one unit for every architecture, and the deadline checked between passes.
+
+A cost unit is one Monte Carlo sample of one text through one step of the model's stochastic tail. What a step is
+depends on where the dropout sits (``MCModel.stochastic_recurrence``):
+
+* with a stochastic recurrence (a GRU with dropout before or inside it), every sample re-runs the recurrence over
+  the whole text, so a text costs one unit per sample and per token the model reads (after the encoder's
+  truncation to ``max_tokens``; an empty text still takes one step);
+* without one (the bag-of-words MLP, a GRU with dropout only after it), the sampled head sees one row per sample
+  whatever the text's length, so a text costs one unit per sample.
+
+    cost = n_samples × Σ_texts steps(text),  steps = max(1, tokens) with a stochastic recurrence, else 1
+
+The deterministic prefix (run once per text) is left out: it costs at most ``max_tokens`` steps per text, next
+to ``n_samples`` times that for the tail. On the shipped models one unit takes a few microseconds on one CPU
+thread either way (about 4-9 µs for a GRU token step, 1-2 µs for an MLP row, see docs/engine.md), so one limit in
+this unit bounds the time of a request to either.
+
+    units = request_cost(model, encoder, ["a long review ..."], n_samples=100)
+    check_deadline(time.perf_counter() + 30, "rt-gru", done=0, total=1)   # raises DeadlineExceeded once past it
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from mcdrop.core.contract import MCModel
+from mcdrop.core.errors import DeadlineExceeded
+from mcdrop.core.text import TextEncoder
+
+# A time.perf_counter() value, or a function giving the current one (it may move: every waiting client gone,
+# a shutdown); None: no deadline.
+Deadline = float | Callable[[], float] | None
+
+
+def text_steps(model: MCModel, encoder: TextEncoder, texts: Sequence[str]) -> int:
+    """Stochastic-tail steps of one sample of ``texts`` (see the module docstring)."""
+    if model.stochastic_recurrence:
+        return sum(max(1, n) for n in encoder.count_tokens(texts))
+    return len(texts)
+
+
+def request_cost(model: MCModel, encoder: TextEncoder, texts: Sequence[str], n_samples: int) -> int:
+    """What ``n_samples`` samples of ``texts`` cost, in cost units."""
+    return n_samples * text_steps(model, encoder, texts)
+
+
+def explain_cost(model: MCModel, n_texts: int, steps: int, n_samples: int) -> str:
+    """How a cost adds up, for a refusal: ``1000 samples x 16384 tokens read`` or ``1000 samples x 64 texts``."""
+    if model.stochastic_recurrence:
+        return f"{n_samples} samples x {steps} tokens read"
+    return f"{n_samples} samples x {n_texts} texts"
+
+
+def check_deadline(deadline: Deadline, model_name: str, done: int, total: int) -> None:
+    """Raise :class:`DeadlineExceeded` when ``deadline`` has passed; ``done`` of ``total`` texts are finished."""
+    if deadline is None:
+        return
+    limit = deadline() if callable(deadline) else deadline
+    if time.perf_counter() >= limit:
+        raise DeadlineExceeded(
+            f"deadline exceeded: model {model_name} stopped after {done} of {total} texts; nobody waits for the rest"
+        )
