@@ -24,6 +24,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Iterator, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -105,7 +106,7 @@ class MCEngine:
         self.calibration = checkpoint.calibration
         self.novelty_model = checkpoint.novelty_model
         # encoder id -> novelty-model id, built for the novelty model it was made with
-        self._novelty_table: tuple[NgramLanguageModel | None, np.ndarray[Any, Any]] = (None, np.zeros(0))
+        self._novelty_table: tuple[NgramLanguageModel | None, np.ndarray[Any, Any], bool] = (None, np.zeros(0), False)
 
     @property
     def name(self) -> str:
@@ -266,21 +267,25 @@ class MCEngine:
 
     def _novelty_nll(self, encoded: EncodedTexts, index: list[int]) -> np.ndarray[Any, Any]:
         """The novelty model's mean NLL per token of each input, from the encoder's ids: the words were looked up
-        once already, so only the words the encoder does not know are looked up again (the novelty model may)."""
+        once already. Words the encoder does not know are looked up again only when the novelty model knows words
+        the encoder does not (for the shipped checkpoints it never does: both vocabularies keep words seen twice)."""
         model = self.novelty_model
         assert model is not None
         if self._novelty_table[0] is not model:
             table = np.array([model.token_id(t) for t in self.encoder.vocab.tokens], dtype=np.int64)
-            self._novelty_table = (model, table)
-        table = self._novelty_table[1]
-        lengths = [encoded.n_tokens[i] for i in index]
-        flat = np.array([t for i in index for t in encoded.ids[i][: encoded.n_tokens[i]]], dtype=np.int64)
-        ids = table[flat] if flat.size else flat
-        unknown = np.flatnonzero(flat == Vocabulary.UNK_ID)
-        if unknown.size:
-            words = [w for i in index for w in encoded.tokens[i]]
-            ids[unknown] = [model.token_id(words[k]) for k in unknown.tolist()]
-        return model.mean_nll_ids(ids, lengths)
+            covered = all(word in self.encoder.vocab.index for word in model.vocab)
+            self._novelty_table = (model, table, covered)
+        _, table, covered = self._novelty_table
+        ids, n_tokens = encoded.ids, encoded.n_tokens
+        lengths = [n_tokens[i] for i in index]
+        flat = np.fromiter(chain.from_iterable(ids[i][: n_tokens[i]] for i in index), dtype=np.int64)
+        lm_ids = table[flat]
+        if not covered:
+            unknown = np.flatnonzero(flat == Vocabulary.UNK_ID)
+            if unknown.size:
+                words = [w for i in index for w in encoded.tokens[i]]
+                lm_ids[unknown] = [model.token_id(words[k]) for k in unknown.tolist()]
+        return model.mean_nll_ids(lm_ids, lengths)
 
     def _summaries(
         self, probs: Tensor, encoded: EncodedTexts, index: list[int], policies: Sequence[DecisionPolicy]
