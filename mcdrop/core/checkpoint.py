@@ -40,6 +40,7 @@ NOVELTY_FILE = "novelty.json"
 REQUIRED_KEYS = ("name", "version", "architecture", "labels", "model_params")
 DEFAULT_N_SAMPLES = 50
 DEFAULT_TEMPERATURE = 1.0
+DEFAULT_MC_TOLERANCE = 0.0  # fixed n_samples; see mcdrop.core.adaptive
 
 
 @dataclass
@@ -72,6 +73,11 @@ class Checkpoint:
     @property
     def temperature(self) -> float:
         return float(self.config.get("temperature", DEFAULT_TEMPERATURE))
+
+    @property
+    def mc_tolerance(self) -> float:
+        """Default Monte Carlo tolerance of predictions (0: always ``n_samples``; see :mod:`mcdrop.core.adaptive`)."""
+        return float(self.config.get("mc_tolerance", DEFAULT_MC_TOLERANCE))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -160,6 +166,9 @@ def _validate_config(config: dict[str, Any], source: Path) -> None:
     temperature = config.get("temperature", DEFAULT_TEMPERATURE)
     if not isinstance(temperature, int | float) or not temperature > 0:
         raise CheckpointError(f"{source}: temperature must be a positive number (got {temperature!r})")
+    tolerance = config.get("mc_tolerance", DEFAULT_MC_TOLERANCE)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 <= tolerance < float("inf"):
+        raise CheckpointError(f"{source}: mc_tolerance must be a number >= 0 (got {tolerance!r})")
 
 
 def load_checkpoint(directory: str | os.PathLike[str], device: str = "cpu") -> Checkpoint:

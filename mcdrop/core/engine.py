@@ -6,7 +6,10 @@ How the cost stays low (see ``docs/engine.md``):
 * the samples of many inputs go through one batched tail pass, chunked to ``max_batch_rows`` rows,
 * masks are drawn per sample (shared by the inputs of a request), not per row, which also makes each
   request's answer depend only on its own texts, seed and ``n_samples``,
-* inputs are sorted by length so sequence batches carry little padding.
+* inputs are sorted by length so sequence batches carry little padding,
+* with ``mc_tolerance`` > 0, samples come in rounds and each input stops once its estimate has settled
+  (:mod:`mcdrop.core.adaptive`),
+* on the CPU each chunk runs on one intra-op thread, chunks side by side (:mod:`mcdrop.core.threads`).
 
 Usage::
 
@@ -18,20 +21,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
+from mcdrop.core.adaptive import Tail, run_rounds, select_rows
 from mcdrop.core.checkpoint import Checkpoint, load_checkpoint
-from mcdrop.core.decisions import Decision, DecisionPolicy, score_values
+from mcdrop.core.decisions import DecisionPolicy
 from mcdrop.core.dropout import MaskSampler
 from mcdrop.core.errors import ConfigError, McdropError, OutOfMemory
+from mcdrop.core.prediction import Prediction as Prediction  # where callers have always found it
+from mcdrop.core.prediction import build_predictions, decide, verdicts
 from mcdrop.core.text import EncodedTexts
-from mcdrop.core.uncertainty import summarize
+from mcdrop.core.threads import ChunkRunner
+from mcdrop.core.uncertainty import ArraySummary, summary_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -40,47 +49,12 @@ MAX_SEED = 2**63 - 1
 # thread): passes of 800-1600 rows cost as much per row as single texts, 3200-row passes twice as much (the
 # recurrence's working set leaves the cache). GPUs keep passes as large as max_batch_rows allows.
 CPU_RECURRENT_PASS_ROWS = 256
+# Below this many rows (inputs x samples) a batch runs as one chunk on one thread: handing chunks to other threads
+# costs more than it saves.
+PARALLEL_MIN_ROWS = 2048
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_POLICY = DecisionPolicy()
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One text's MC prediction, at the precision the engine computed it (serving rounds it for JSON)."""
-
-    label: str
-    probs: dict[str, float]
-    variance: dict[str, float]
-    entropy: float
-    expected_entropy: float
-    mutual_information: float
-    variation_ratio: float
-    std_error: dict[str, float]
-    oov_fraction: float
-    n_tokens: int
-    n_known_tokens: int
-    novelty: float | None = None  # with a calibrated novelty model: share of calibration texts less surprising
-    prediction_set: list[str] | None = None  # with a calibration: the conformal set at the policy's coverage
-    decision: Decision | None = None  # with a calibration and a policy's max_risk
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict (``dataclasses.asdict`` without its deep copies, which cost on a hot path)."""
-        return {
-            "label": self.label,
-            "probs": self.probs,
-            "variance": self.variance,
-            "entropy": self.entropy,
-            "expected_entropy": self.expected_entropy,
-            "mutual_information": self.mutual_information,
-            "variation_ratio": self.variation_ratio,
-            "std_error": self.std_error,
-            "oov_fraction": self.oov_fraction,
-            "n_tokens": self.n_tokens,
-            "n_known_tokens": self.n_known_tokens,
-            "novelty": self.novelty,
-            "prediction_set": self.prediction_set,
-            "decision": None if self.decision is None else dict(vars(self.decision)),
-        }
+T = TypeVar("T")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -136,6 +110,7 @@ class MCEngine:
         self.temperature = checkpoint.temperature
         self.calibration = checkpoint.calibration
         self.novelty_model = checkpoint.novelty_model
+        self._runner = ChunkRunner()  # chunks on one intra-op thread each, side by side (mcdrop.core.threads)
 
     @property
     def name(self) -> str:
@@ -154,6 +129,10 @@ class MCEngine:
         return self.checkpoint.default_n_samples
 
     @property
+    def default_mc_tolerance(self) -> float:
+        return self.checkpoint.mc_tolerance
+
+    @property
     def config(self) -> dict[str, Any]:
         return self.checkpoint.config
 
@@ -163,71 +142,124 @@ class MCEngine:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def _probs(self, logits: Tensor) -> Tensor:
-        return torch.softmax(logits.float() / self.temperature, dim=-1)
+        if logits.dtype != torch.float32:
+            logits = logits.float()
+        return torch.softmax(logits / self.temperature, dim=-1)
 
-    def _chunks(self, encoded: EncodedTexts, rows_per_input: int) -> Iterator[list[int]]:
-        """Input indices in length order, in chunks of at most ``pass_rows // rows_per_input`` inputs."""
+    def _chunks(self, encoded: EncodedTexts, rows_per_input: int, parts: int = 1) -> list[list[int]]:
+        """Input indices in length order, in chunks of at most ``pass_rows // rows_per_input`` inputs (and at
+        least ``parts`` chunks when there are enough inputs, one per thread)."""
         order = sorted(range(len(encoded)), key=lambda i: len(encoded.ids[i]))
-        size = max(1, self.pass_rows // max(1, rows_per_input))
-        for start in range(0, len(order), size):
-            yield order[start : start + size]
+        size = max(1, min(self.pass_rows // max(1, rows_per_input), math.ceil(len(order) / parts)))
+        return [order[start : start + size] for start in range(0, len(order), size)]
 
-    def _sample(
-        self, encoded: EncodedTexts, seeds: Sequence[int], n_samples: int
-    ) -> Iterator[tuple[list[int], Tensor]]:
-        """Yield (input indices, probabilities ``(S, b, C)``) chunk by chunk; ``seeds[i]`` is input i's seed."""
-        samples_per_pass = min(n_samples, self.pass_rows)
-        for index in self._chunks(encoded, n_samples):
-            batch = self.model.make_input([encoded.ids[i] for i in index], self.device)
-            chunk_seeds, groups = torch.unique(torch.tensor([seeds[i] for i in index]), return_inverse=True)
-            sampler = MaskSampler(
-                n_samples,
-                chunk_seeds.tolist(),
-                groups if len(chunk_seeds) > 1 else None,
-                device=self.device,
-                dtype=self.dtype,  # under autocast, fp32 masks would promote activations back to fp32
+    def _sampler(self, n_samples: int, seeds: list[int]) -> MaskSampler:
+        """One seed group per distinct seed (under autocast, fp32 masks would promote activations to fp32)."""
+        if all(seed == seeds[0] for seed in seeds):  # the usual case: no unique() and no group index
+            return MaskSampler(n_samples, seeds[:1], device=self.device, dtype=self.dtype)
+        unique, groups = torch.unique(torch.tensor(seeds), return_inverse=True)
+        return MaskSampler(n_samples, unique.tolist(), groups, device=self.device, dtype=self.dtype)
+
+    def _tail(self, state: Any, sampler: MaskSampler) -> Tail:
+        """The stochastic tail for a sample range over some rows of ``state``, as CPU probabilities."""
+        selected: dict[int, Any] = {}  # one selection per round, however many passes it takes
+        on_cpu = self.device.type == "cpu"
+
+        def tail(rows: Tensor | None, samples: slice) -> Tensor:
+            part = state
+            if rows is not None:
+                part = selected.get(id(rows))
+                if part is None:
+                    selected.clear()
+                    part = selected[id(rows)] = select_rows(state, rows)
+            sampler.restrict(rows)
+            sampler.start_pass(samples)
+            probs = self._probs(self.model.stochastic_tail(part, sampler))
+            return probs if on_cpu else probs.cpu()
+
+        return tail
+
+    def _sample(self, job: _Job, index: list[int]) -> tuple[Tensor, list[int]]:
+        """Probabilities ``(S, b, C)`` of the inputs ``index`` and the samples each used (see ``run_rounds``)."""
+        batch = self.model.make_input([job.encoded.ids[i] for i in index], self.device)
+        sampler = self._sampler(job.n_samples, [job.seeds[i] for i in index])
+        with torch.inference_mode(), self._autocast():
+            state = self.model.prefix(batch)
+            return run_rounds(
+                self._tail(state, sampler),
+                len(index),
+                job.n_samples,
+                len(self.labels),
+                min(job.n_samples, self.pass_rows),
+                [job.tolerances[i] for i in index],
+                partial(self._verdicts, job, index),
+                eager=not self.model.stochastic_recurrence,  # a head's extra samples cost less than extra passes
             )
-            with torch.inference_mode(), self._autocast():
-                state = self.model.prefix(batch)
-                parts = []
-                for start in range(0, n_samples, samples_per_pass):
-                    sampler.start_pass(slice(start, min(n_samples, start + samples_per_pass)))
-                    parts.append(self._probs(self.model.stochastic_tail(state, sampler)))
-            yield index, torch.cat(parts).cpu()
 
-    def _check(self, n_samples: int, seeds: Sequence[int]) -> None:
+    def _verdicts(self, job: _Job, index: list[int], active: list[int], stats: ArraySummary) -> list[Hashable]:
+        decides = any(job.policies[i].max_risk is not None for i in index)  # the same for every round of a chunk
+        inputs = [index[a] for a in active]
+        return verdicts(self.calibration, stats, inputs, job.policies, job.novelty, decides)
+
+    def _map(self, fn: Callable[[list[int]], T], chunks: list[list[int]]) -> list[T]:
+        """``fn`` over ``chunks``: on the CPU one intra-op thread per chunk, chunks side by side (``threads``)."""
+        if self.device.type != "cpu":
+            return [fn(chunk) for chunk in chunks]
+        return self._runner.map(fn, chunks, parallel=self.model.thread_safe_tail)
+
+    def _check(self, n_samples: int, seeds: Sequence[int], tolerances: Sequence[float] = ()) -> None:
         if not isinstance(n_samples, int) or n_samples < 1:
             raise ConfigError(f"n_samples must be a positive integer (got {n_samples!r})")
         for seed in seeds:
             if not 0 <= seed <= MAX_SEED:
                 raise ConfigError(f"seed must be in [0, {MAX_SEED}] (got {seed})")
+        for tolerance in tolerances:
+            if not (isinstance(tolerance, int | float) and 0 <= tolerance < math.inf):
+                raise ConfigError(f"mc_tolerance must be a number >= 0 (got {tolerance!r})")
 
     def predict_many(
         self,
         requests: Sequence[tuple[Sequence[str], int]],
         n_samples: int,
         policies: Sequence[DecisionPolicy] | None = None,
+        mc_tolerances: Sequence[float] | None = None,
     ) -> list[list[Prediction]]:
         """Predict several requests ``(texts, seed)`` in one engine pass; each result equals a separate call.
 
         ``policies[r]`` says what request ``r`` wants decided (default: conformal sets at 90 % coverage, no
-        accept/abstain decision); it changes nothing about sampling, so requests with any policies share a pass.
+        accept/abstain decision); ``mc_tolerances[r]`` when its inputs may stop sampling early (default: the
+        checkpoint's ``mc_tolerance``). Each input's samples and stopping point depend on its own request only, so
+        requests with any policies and tolerances share a pass.
         """
-        self._check(n_samples, [seed for _, seed in requests])
+        if mc_tolerances is None:
+            mc_tolerances = [self.default_mc_tolerance] * len(requests)
+        self._check(n_samples, [seed for _, seed in requests], mc_tolerances)
         if policies is None:
             policies = [DEFAULT_POLICY] * len(requests)
-        elif len(policies) != len(requests):
-            raise ValueError(f"{len(policies)} policies for {len(requests)} requests")
+        if len(policies) != len(requests) or len(mc_tolerances) != len(requests):
+            raise ValueError(f"{len(policies)} policies, {len(mc_tolerances)} tolerances for {len(requests)} requests")
         if self.calibration is None and any(p.max_risk is not None for p in policies):
             raise ConfigError(f"model {self.name} has no calibration: it cannot decide at a max_risk")
-        texts = [text for request_texts, _ in requests for text in request_texts]
-        seeds = [seed for request_texts, seed in requests for _ in request_texts]
-        text_policies = [p for (request_texts, _), p in zip(requests, policies, strict=True) for _ in request_texts]
-        encoded = self.encoder.encode(texts)
-        flat: list[Prediction | None] = [None] * len(texts)
+        per_text = [
+            (text, seed, p, t)
+            for (ts, seed), p, t in zip(requests, policies, mc_tolerances, strict=True)
+            for text in ts
+        ]
+        encoded = self.encoder.encode([text for text, _, _, _ in per_text])
+        job = _Job(
+            encoded,
+            [seed for _, seed, _, _ in per_text],
+            n_samples,
+            [p for _, _, p, _ in per_text],
+            [float(t) for _, _, _, t in per_text],
+            self._novelty(encoded),
+        )
+        parts = torch.get_num_threads() if len(per_text) * n_samples >= PARALLEL_MIN_ROWS else 1
+        chunks = self._chunks(encoded, n_samples, parts)
+        flat: list[Prediction | None] = [None] * len(per_text)
         try:
-            for index, probs in self._sample(encoded, seeds, n_samples):
-                for i, prediction in zip(index, self._summaries(probs, encoded, index, text_policies), strict=True):
+            for index, predictions in zip(chunks, self._map(partial(self._predict_chunk, job), chunks), strict=True):
+                for i, prediction in zip(index, predictions, strict=True):
                     flat[i] = prediction
         except (torch.OutOfMemoryError, MemoryError) as error:
             raise OutOfMemory(
@@ -246,72 +278,46 @@ class MCEngine:
         n_samples: int | None = None,
         seed: int | None = None,
         policy: DecisionPolicy | None = None,
+        mc_tolerance: float | None = None,
     ) -> list[Prediction]:
-        """MC predictions for ``texts``; a ``None`` seed draws a random one."""
+        """MC predictions for ``texts``; a ``None`` seed draws a random one, a ``None`` tolerance is the model's."""
         n = self.default_n_samples if n_samples is None else n_samples
         request = (texts, random_seed() if seed is None else seed)
-        return self.predict_many([request], n, None if policy is None else [policy])[0]
+        tolerances = None if mc_tolerance is None else [mc_tolerance]
+        return self.predict_many([request], n, None if policy is None else [policy], tolerances)[0]
 
-    def _decisions(
-        self, stats: Any, encoded: EncodedTexts, index: list[int], policies: Sequence[DecisionPolicy]
-    ) -> list[tuple[float | None, list[str] | None, Decision | None]]:
-        """Novelty, conformal set and decision of each input (all ``None`` without a calibration)."""
+    def _novelty(self, encoded: EncodedTexts) -> list[float | None]:
         calibration = self.calibration
-        if calibration is None:
-            return [(None, None, None)] * len(index)
-        novelty: list[float | None] = [None] * len(index)
-        if calibration.novelty is not None and self.novelty_model is not None:
-            nll = self.novelty_model.mean_nll_many([encoded.tokens[i] for i in index])
-            novelty = [float(v) for v in calibration.novelty.novelty_many(nll)]
-        mean = stats.mean.double().numpy()  # (b, C)
-        scores = score_values(calibration.score, mean, stats.entropy.tolist(), stats.mutual_information.tolist())
-        labels = self.labels
-        out: list[tuple[float | None, list[str] | None, Decision | None]] = []
-        for j, i in enumerate(index):
-            policy = policies[i]
-            members = calibration.prediction_set(mean[j].tolist(), policy.coverage)
-            decision = None if policy.max_risk is None else calibration.decide(scores[j], novelty[j], policy)
-            out.append((novelty[j], [labels[c] for c in members], decision))
-        return out
+        if calibration is None or calibration.novelty is None or self.novelty_model is None:
+            return [None] * len(encoded)
+        nll = self.novelty_model.mean_nll_many(encoded.tokens)
+        return [float(v) for v in calibration.novelty.novelty_many(nll)]
 
-    def _summaries(
-        self, probs: Tensor, encoded: EncodedTexts, index: list[int], policies: Sequence[DecisionPolicy]
-    ) -> list[Prediction]:
-        stats = summarize(probs)
-        decided = self._decisions(stats, encoded, index, policies)
-        labels = self.labels
-        # One bulk conversion to Python floats: per-element tensor access costs more than the maths.
-        mean, var, err = (t.tolist() for t in (stats.mean, stats.variance, stats.std_error))
-        top = stats.mean.argmax(dim=-1).tolist()
-        ent, exp_ent, mi, vr = (
-            t.tolist() for t in (stats.entropy, stats.expected_entropy, stats.mutual_information, stats.variation_ratio)
-        )
-        return [
-            Prediction(
-                label=labels[top[j]],
-                probs=dict(zip(labels, mean[j], strict=True)),
-                variance=dict(zip(labels, var[j], strict=True)),
-                entropy=ent[j],
-                expected_entropy=exp_ent[j],
-                mutual_information=mi[j],
-                variation_ratio=vr[j],
-                std_error=dict(zip(labels, err[j], strict=True)),
-                oov_fraction=encoded.oov_fraction(i),
-                n_tokens=encoded.n_tokens[i],
-                n_known_tokens=encoded.n_known_tokens[i],
-                novelty=decided[j][0],
-                prediction_set=decided[j][1],
-                decision=decided[j][2],
-            )
-            for j, i in enumerate(index)
-        ]
+    def _predict_chunk(self, job: _Job, index: list[int]) -> list[Prediction]:
+        """The predictions of the inputs ``index``, summarised in groups that used the same number of samples."""
+        probs, used = self._sample(job, index)
+        out: list[Prediction | None] = [None] * len(index)
+        for n_used in sorted(set(used)):
+            rows = [j for j, u in enumerate(used) if u == n_used]
+            part = probs[:n_used] if len(rows) == len(index) else probs[:n_used, rows]
+            for j, prediction in zip(rows, self._summaries(part, job, [index[j] for j in rows]), strict=True):
+                out[j] = prediction
+        return [p for p in out if p is not None]
+
+    def _summaries(self, probs: Tensor, job: _Job, index: list[int]) -> list[Prediction]:
+        stats = summary_arrays(probs)
+        decided = decide(self.calibration, self.labels, stats, index, job.policies, job.novelty)
+        return build_predictions(stats, self.labels, job.encoded, index, probs.shape[0], decided)
 
     def predict_samples(self, texts: Sequence[str], n_samples: int, seed: int) -> Tensor:
-        """Raw MC probabilities ``(S, B, C)`` in input order (for evaluation)."""
+        """Raw MC probabilities ``(S, B, C)`` in input order, all ``n_samples`` of them (for evaluation)."""
         self._check(n_samples, [seed])
         encoded = self.encoder.encode(texts)
+        n = len(texts)
+        job = _Job(encoded, [seed] * n, n_samples, [DEFAULT_POLICY] * n, [0.0] * n, [None] * n)
         out = torch.empty(n_samples, len(texts), len(self.labels))
-        for index, probs in self._sample(encoded, [seed] * len(texts), n_samples):
+        chunks = self._chunks(encoded, n_samples, torch.get_num_threads())
+        for index, (probs, _) in zip(chunks, self._map(partial(self._sample, job), chunks), strict=True):
             out[:, index] = probs
         return out
 
@@ -324,6 +330,18 @@ class MCEngine:
             with torch.inference_mode(), self._autocast():
                 out[index] = self._probs(self.model(batch)).cpu()
         return out
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One engine call's inputs, per text: what every chunk of it needs."""
+
+    encoded: EncodedTexts
+    seeds: list[int]
+    n_samples: int
+    policies: list[DecisionPolicy]
+    tolerances: list[float]
+    novelty: list[float | None]
 
 
 def load_engine(path: str, device: str = "auto", max_batch_rows: int = 4096, dtype: str = "float32") -> MCEngine:

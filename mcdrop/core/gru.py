@@ -82,6 +82,11 @@ class DropoutGRU(nn.Module):
     def mc_active(self) -> bool:
         return self.weight_dropout_p > 0 or has_active_dropout(self)
 
+    @property
+    def thread_safe_tail(self) -> bool:
+        """Weight dropout swaps the GRU's recurrent matrices in place for each sample (``functional_call``)."""
+        return self.weight_dropout_p == 0
+
     def token_embeddings(self) -> Tensor:
         return self.embedding.weight
 

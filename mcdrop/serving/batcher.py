@@ -5,9 +5,12 @@ every other queued request with the same ``n_samples`` (FIFO) until the merged b
 rows (texts x samples), waiting at most ``max_wait_ms`` after the first one arrived for more to join. The batch is
 one ``engine.predict_many`` call, run on an executor thread (never on the event loop); each request gets its own
 slice. The engine derives every request's dropout masks from its own seed alone, so a seeded request gets the
-same answer merged or alone. Requests without a seed share one seed drawn for their batch: each answer is
-reproducible from the seed it reports, and the batch pays for one set of masks instead of one per request.
-Under load no waiting is needed: requests that arrive while the engine is busy form the next batch.
+same answer merged or alone. Requests with different ``mc_tolerance`` merge too: the engine stops each text on
+its own samples and tolerance (a text of a tolerance-0 request simply runs every round), so merging them changes
+no answer and keeps batches large, where splitting by tolerance would only make more, smaller engine calls.
+Requests without a seed share one seed drawn for their batch: each answer is reproducible from the seed it
+reports, and the batch pays for one set of masks instead of one per request. Under load no waiting is needed:
+requests that arrive while the engine is busy form the next batch.
 
 Overload and deadlines: ``submit`` refuses at once (:class:`~mcdrop.core.errors.Overloaded`) when the queued texts
 would exceed ``queue_limit`` or the queued rows (texts x samples) ``queue_limit_rows``, before anything starts; a
@@ -57,6 +60,7 @@ class EngineLike(Protocol):
         requests: Sequence[tuple[Sequence[str], int]],
         n_samples: int,
         policies: Sequence[DecisionPolicy] | None = None,
+        mc_tolerances: Sequence[float] | None = None,
     ) -> Sequence[Sequence[Prediction]]: ...
 
 
@@ -111,6 +115,7 @@ class Batcher:
         seed: int | None,
         timeout_s: float,
         policy: DecisionPolicy = DEFAULT_POLICY,
+        mc_tolerance: float = 0.0,
     ) -> Ticket:
         """Queue a request; raises :class:`Overloaded` (nothing queued) or :class:`ShuttingDown`."""
         if self._closing:
@@ -128,7 +133,7 @@ class Batcher:
             )
         now = time.perf_counter()
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        ticket = Ticket(texts, n_samples, seed, now + timeout_s, future, now, policy)
+        ticket = Ticket(texts, n_samples, seed, now + timeout_s, future, now, policy, mc_tolerance)
         self._pending.append(ticket)
         self._pending_texts += n_texts
         self._pending_rows += ticket.rows
@@ -284,8 +289,11 @@ class Batcher:
         seeds = [batch_seed if t.seed is None else t.seed for t in batch]
         requests = [(t.texts, seed) for t, seed in zip(batch, seeds, strict=True)]
         policies = [t.policy for t in batch]
+        tolerances = [t.mc_tolerance for t in batch]
         try:
-            outputs, engine_s = await loop.run_in_executor(self.executor, self._infer, requests, n_samples, policies)
+            outputs, engine_s = await loop.run_in_executor(
+                self.executor, self._infer, requests, n_samples, policies, tolerances
+            )
         except Exception as error:  # the engine failed: every request in the batch gets the error
             for ticket in batch:
                 if not ticket.future.done():
@@ -301,11 +309,15 @@ class Batcher:
                 )
 
     def _infer(
-        self, requests: list[tuple[Sequence[str], int]], n_samples: int, policies: list[DecisionPolicy]
+        self,
+        requests: list[tuple[Sequence[str], int]],
+        n_samples: int,
+        policies: list[DecisionPolicy],
+        tolerances: list[float],
     ) -> tuple[list[list[PredictionDict]], float]:
         """Executor thread: one engine call, then the JSON-ready dicts and the metrics."""
         start = time.perf_counter()
-        results = self.engine.predict_many(requests, n_samples, policies)
+        results = self.engine.predict_many(requests, n_samples, policies, tolerances)
         engine_s = time.perf_counter() - start
         for predictions in results:
             for p in predictions:  # NaN would propagate into both; refuse to serve it (the caller answers 500)
@@ -313,9 +325,8 @@ class Batcher:
                     raise FloatingPointError(f"model {self.engine.name} produced a non-finite prediction")
         outputs = [[prediction_dict(p) for p in predictions] for predictions in results]
         if self.metrics is not None:
-            n_texts = sum(len(texts) for texts, _ in requests)
-            self.metrics.observe_batch(n_texts, n_samples, engine_s)
             flat = [p for predictions in results for p in predictions]
+            self.metrics.observe_batch(len(flat), [p.n_samples_used for p in flat], engine_s)
             self.metrics.observe_predictions(
                 (p.entropy for p in flat), (p.mutual_information for p in flat), (p.oov_fraction for p in flat)
             )

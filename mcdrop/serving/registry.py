@@ -215,6 +215,14 @@ class Service:
             max_novelty=calibration.max_novelty if max_novelty is None else max_novelty,
         )
 
+    def mc_tolerance(self, served: ServedModel, requested: float | None) -> float:
+        """A request's tolerance: its own, else the server's MCDROP_MC_TOLERANCE, else the checkpoint's."""
+        if requested is not None:
+            return float(requested)
+        if self.settings.mc_tolerance is not None:
+            return self.settings.mc_tolerance
+        return served.engine.default_mc_tolerance
+
     def resolve(self, name: str | None) -> ServedModel:
         """The model a request names (or the default); raises :class:`ModelNotFound` or :class:`InputError`."""
         if name is None:

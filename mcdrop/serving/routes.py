@@ -111,12 +111,13 @@ async def predict(request: Request, _: Authorized, service: ReadyService) -> Res
     check_limits(parsed, service.limits)
     served = service.resolve(parsed.model)
     policy = service.decision_policy(served, parsed.max_risk, parsed.coverage, parsed.max_novelty)
+    mc_tolerance = service.mc_tolerance(served, parsed.mc_tolerance)
     n_samples = parsed.n_samples or served.default_n_samples
     parsed_at = time.perf_counter()
     timing.parse_s = parsed_at - timing.start
     remaining_s = settings.request_timeout_s - (parsed_at - timing.start)
     try:
-        ticket = served.batcher.submit(parsed.texts, n_samples, parsed.seed, remaining_s, policy)
+        ticket = served.batcher.submit(parsed.texts, n_samples, parsed.seed, remaining_s, policy, mc_tolerance)
     except Overloaded:
         service.metrics.reject(served.engine.name, "overloaded")
         raise

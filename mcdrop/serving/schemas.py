@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 from pydantic_core import ErrorDetails
 
+from mcdrop.core.adaptive import MC_TOLERANCE_RANGE
 from mcdrop.core.decisions import COVERAGE_RANGE, MAX_RISK_RANGE
 from mcdrop.core.engine import MAX_SEED as MAX_SEED  # the request's seed range is the engine's
 from mcdrop.core.errors import InputError
@@ -45,6 +46,7 @@ _EXAMPLE_PREDICTION: dict[str, Any] = {
     "oov_fraction": 0.0,
     "n_tokens": 5,
     "n_known_tokens": 5,
+    "n_samples_used": 100,
     "novelty": 0.31,
     "prediction_set": ["positive"],
     "decision": {
@@ -106,6 +108,13 @@ class PredictRequest(BaseModel):
         None,
         description="Abstain as 'novel' above this novelty (0..1); the model's limit when omitted (0.99).",
     )
+    mc_tolerance: StrictFloat | StrictInt | None = Field(
+        None,
+        description=f"Adaptive sampling ({MC_TOLERANCE_RANGE[0]:g}..{MC_TOLERANCE_RANGE[1]:g}): n_samples becomes the "
+        "most a text gets; samples come in rounds (10, 20, 40, ...) and a text stops once the standard error of "
+        "every class probability is at most this and its label (and decision) did not change over the last round. "
+        "0: always n_samples. MCDROP_MC_TOLERANCE, else the checkpoint's mc_tolerance, when omitted.",
+    )
 
 
 class DecisionOut(BaseModel):
@@ -139,6 +148,9 @@ class PredictionOut(BaseModel):
     oov_fraction: float = Field(description="share of tokens outside the vocabulary: the input-novelty signal")
     n_tokens: int = Field(description="tokens in the text")
     n_known_tokens: int = Field(description="tokens the vocabulary knows")
+    n_samples_used: int = Field(
+        description="samples this text got: n_samples, or fewer when mc_tolerance let it stop early"
+    )
     novelty: float | None = Field(
         description="share of calibration texts less surprising than this one under the model's word bigram model "
         "(0 typical .. 1 unlike anything seen); null for a model without calibration"
@@ -235,7 +247,7 @@ def _describe(error: ErrorDetails) -> str:
     if kind == "model_type" or (kind == "model_attributes_type" and loc == "body"):
         return "body: expected a JSON object"
     if kind == "extra_forbidden":
-        return f"{loc}: unknown field (expected texts, model, n_samples, seed, max_risk, coverage, max_novelty)"
+        return f"{loc}: unknown field (expected {', '.join(PredictRequest.model_fields)})"
     return f"{loc}: {error['msg']}"
 
 
@@ -270,6 +282,10 @@ def check_limits(request: PredictRequest, limits: Limits) -> None:
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise InputError(f"seed: must be between 0 and {MAX_SEED} (got {seed})")
     check_decision_fields(request.max_risk, request.coverage, request.max_novelty)
+    low, high = MC_TOLERANCE_RANGE
+    tolerance = request.mc_tolerance
+    if tolerance is not None and not low <= tolerance <= high:
+        raise InputError(f"mc_tolerance: must be between {low:g} and {high:g} (got {tolerance:g})")
 
 
 def check_decision_fields(max_risk: float | None, coverage: float | None, max_novelty: float | None) -> None:

@@ -47,6 +47,7 @@ class Ticket:
     future: asyncio.Future[Result]
     enqueued: float = field(default_factory=time.perf_counter)  # the same clock as the deadline
     policy: DecisionPolicy = field(default_factory=DecisionPolicy)  # what to decide; no effect on sampling
+    mc_tolerance: float = 0.0  # adaptive sampling: when its texts may stop before n_samples (0: never)
     released: bool = False  # its texts and rows no longer count against the queue limits
 
     @property

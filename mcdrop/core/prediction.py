@@ -1,0 +1,142 @@
+"""One text's Monte Carlo prediction (:class:`Prediction`), and how a chunk's statistics become predictions.
+
+The engine (:mod:`mcdrop.core.engine`) samples; this module turns the statistics of each input's samples
+(:class:`~mcdrop.core.uncertainty.ArraySummary`) into what a caller reads: the label, the uncertainty fields,
+and with a calibration the novelty, the conformal set and the accept/abstain decision. ``verdicts`` is what
+adaptive sampling (:mod:`mcdrop.core.adaptive`) compares between rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mcdrop.core.decisions import Calibration, Decision, DecisionPolicy, score_values
+from mcdrop.core.text import EncodedTexts
+from mcdrop.core.uncertainty import ArraySummary
+
+Decided = tuple[float | None, list[str] | None, Decision | None]  # novelty, conformal set, decision
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One text's MC prediction, at the precision the engine computed it (serving rounds it for JSON)."""
+
+    label: str
+    probs: dict[str, float]
+    variance: dict[str, float]
+    entropy: float
+    expected_entropy: float
+    mutual_information: float
+    variation_ratio: float
+    std_error: dict[str, float]
+    oov_fraction: float
+    n_tokens: int
+    n_known_tokens: int
+    n_samples_used: int  # at most n_samples: fewer when adaptive sampling (mc_tolerance > 0) stopped it early
+    novelty: float | None = None  # with a calibrated novelty model: share of calibration texts less surprising
+    prediction_set: list[str] | None = None  # with a calibration: the conformal set at the policy's coverage
+    decision: Decision | None = None  # with a calibration and a policy's max_risk
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict (``dataclasses.asdict`` without its deep copies, which cost on a hot path)."""
+        return {
+            "label": self.label,
+            "probs": self.probs,
+            "variance": self.variance,
+            "entropy": self.entropy,
+            "expected_entropy": self.expected_entropy,
+            "mutual_information": self.mutual_information,
+            "variation_ratio": self.variation_ratio,
+            "std_error": self.std_error,
+            "oov_fraction": self.oov_fraction,
+            "n_tokens": self.n_tokens,
+            "n_known_tokens": self.n_known_tokens,
+            "n_samples_used": self.n_samples_used,
+            "novelty": self.novelty,
+            "prediction_set": self.prediction_set,
+            "decision": None if self.decision is None else dict(vars(self.decision)),
+        }
+
+
+def decide(
+    calibration: Calibration | None,
+    labels: Sequence[str],
+    stats: ArraySummary,
+    inputs: Sequence[int],
+    policies: Sequence[DecisionPolicy],
+    novelty: Sequence[float | None],
+) -> list[Decided]:
+    """Novelty, conformal set and decision of each of ``inputs`` (rows of ``stats``; all ``None`` without a
+    calibration); ``policies`` and ``novelty`` are indexed by input."""
+    if calibration is None:
+        return [(None, None, None)] * len(inputs)
+    mean = stats.mean  # (b, C)
+    scores = score_values(calibration.score, mean, stats.entropy.tolist(), stats.mutual_information.tolist())
+    out: list[Decided] = []
+    for j, i in enumerate(inputs):
+        policy = policies[i]
+        members = calibration.prediction_set(mean[j].tolist(), policy.coverage)
+        decision = None if policy.max_risk is None else calibration.decide(scores[j], novelty[i], policy)
+        out.append((novelty[i], [labels[c] for c in members], decision))
+    return out
+
+
+def verdicts(
+    calibration: Calibration | None,
+    stats: ArraySummary,
+    inputs: Sequence[int],
+    policies: Sequence[DecisionPolicy],
+    novelty: Sequence[float | None],
+    decides: bool,
+) -> list[Hashable]:
+    """What must not change over a round for an input to stop sampling: its label, and with ``decides`` (some
+    input of the chunk asks for a decision) also its accept/abstain action (``None`` for those that do not)."""
+    top: list[Hashable] = stats.mean.argmax(axis=-1).tolist()
+    if calibration is None or not decides:
+        return top
+    scores = score_values(calibration.score, stats.mean, stats.entropy.tolist(), stats.mutual_information.tolist())
+    out: list[Hashable] = []
+    for j, i in enumerate(inputs):
+        policy = policies[i]
+        decision = None if policy.max_risk is None else calibration.decide(scores[j], novelty[i], policy)
+        out.append((top[j], None if decision is None else decision.action))
+    return out
+
+
+def build_predictions(
+    stats: ArraySummary,
+    labels: Sequence[str],
+    encoded: EncodedTexts,
+    inputs: Sequence[int],
+    n_used: int,
+    decided: Sequence[Decided],
+) -> list[Prediction]:
+    """One :class:`Prediction` per row of ``stats``; ``inputs`` are their indices in ``encoded``."""
+    # One bulk conversion to Python floats: per-element array access costs more than the maths.
+    mean, var, err = (a.tolist() for a in (stats.mean, stats.variance, stats.std_error))
+    top = stats.mean.argmax(axis=-1).tolist()
+    ent, exp_ent, mi, vr = (
+        a.tolist() for a in (stats.entropy, stats.expected_entropy, stats.mutual_information, stats.variation_ratio)
+    )
+    return [
+        Prediction(
+            label=labels[top[j]],
+            probs=dict(zip(labels, mean[j], strict=True)),
+            variance=dict(zip(labels, var[j], strict=True)),
+            entropy=ent[j],
+            expected_entropy=exp_ent[j],
+            mutual_information=mi[j],
+            variation_ratio=vr[j],
+            std_error=dict(zip(labels, err[j], strict=True)),
+            oov_fraction=encoded.oov_fraction(i),
+            n_tokens=encoded.n_tokens[i],
+            n_known_tokens=encoded.n_known_tokens[i],
+            n_samples_used=n_used,
+            novelty=decided[j][0],
+            prediction_set=decided[j][1],
+            decision=decided[j][2],
+        )
+        for j, i in enumerate(inputs)
+    ]
