@@ -17,7 +17,7 @@ not sampling stopped early, and an input's stopping point depends only on its ow
 shares a batch with.
 
     probs, used = run_rounds(tail, n_inputs=8, n_samples=100, n_classes=2, samples_per_pass=100,
-                             tolerances=[0.01] * 8, verdict=lambda active, stats: stats.mean.argmax(-1).tolist())
+                             tolerances=[0.01] * 8, verdict=None)  # None: the label is the whole verdict
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -66,7 +67,7 @@ def run_rounds(
     n_classes: int,
     samples_per_pass: int,
     tolerances: Sequence[float],
-    verdict: Verdict,
+    verdict: Verdict | None,
     eager: bool = False,
 ) -> tuple[Tensor, list[int]]:
     """Probabilities ``(n_samples, n_inputs, C)`` and the samples each input used (its rows past that are unset).
@@ -74,12 +75,16 @@ def run_rounds(
     Without any positive tolerance this is one round of ``n_samples``: exactly the fixed-N computation. With
     ``eager``, every sample is computed in the first round and the rule is applied to the same samples
     afterwards: the same answers, for tails whose samples cost less than the passes that rounds would add.
+    ``verdict`` ``None`` means the label alone (what an input without a decision must keep).
     """
     if not any(t > 0 for t in tolerances):
         if samples_per_pass >= n_samples:
             return tail(None, slice(0, n_samples)), [n_samples] * n_inputs  # fixed N in one pass: most calls
         shape = (n_samples, n_inputs, n_classes)
         return _compute(tail, None, None, slice(0, n_samples), samples_per_pass, shape), [n_samples] * n_inputs
+    if eager and verdict is None:
+        every = _compute(tail, None, None, slice(0, n_samples), samples_per_pass, (n_samples, n_inputs, n_classes))
+        return every, _stops_at_once(every, round_ends(n_samples), tolerances)
     used = [n_samples] * n_inputs
     active = list(range(n_inputs))
     previous: Sequence[Hashable] | None = None  # verdicts of the active inputs after the last round
@@ -97,7 +102,7 @@ def run_rounds(
             break
         assert probs is not None
         stats = summary_arrays(probs[:end] if rows is None else probs[:end, active])
-        verdicts = verdict(active, stats)
+        verdicts = stats.mean.argmax(axis=-1).tolist() if verdict is None else verdict(active, stats)
         errors = stats.std_error.max(axis=-1).tolist()
         kept: list[tuple[int, Hashable]] = []
         for j, i in enumerate(active):
@@ -134,3 +139,19 @@ def _compute(
             probs[part_samples].index_copy_(1, rows, part)
     assert probs is not None
     return probs
+
+
+def _stops_at_once(probs: Tensor, ends: list[int], tolerances: Sequence[float]) -> list[int]:
+    """The rounds' rule on samples already computed, every round at once: running sums give each round's means
+    and variances, so the checks cost a few array operations instead of a summary per round."""
+    p = probs.numpy().astype(np.float64)
+    at = np.asarray(ends) - 1
+    counts = np.asarray(ends, dtype=np.float64)[:, None, None]
+    mean = np.cumsum(p, axis=0)[at] / counts  # (R, B, C): the means after each round
+    var = np.maximum(np.cumsum(p * p, axis=0)[at] / counts - mean * mean, 0.0)
+    errors = np.sqrt(var / counts).max(axis=-1)  # (R, B)
+    labels = mean.argmax(axis=-1)
+    tolerance = np.asarray(tolerances, dtype=np.float64)
+    settled = (errors[1:] <= tolerance) & (labels[1:] == labels[:-1]) & (tolerance > 0)  # rounds 2.., (R-1, B)
+    first = np.where(settled.any(axis=0), settled.argmax(axis=0) + 1, len(ends) - 1)
+    return [int(ends[k]) for k in first]

@@ -192,14 +192,17 @@ class MCEngine:
                 len(self.labels),
                 min(job.n_samples, self.pass_rows),
                 [job.tolerances[i] for i in index],
-                partial(self._verdicts, job, index),
+                partial(self._verdicts, job, index) if self._decides(job, index) else None,
                 eager=not self.model.stochastic_recurrence,  # a head's extra samples cost less than extra passes
             )
 
+    def _decides(self, job: _Job, index: list[int]) -> bool:
+        """Whether some input of the chunk asks for a decision: then its action must settle too."""
+        return self.calibration is not None and any(job.policies[i].max_risk is not None for i in index)
+
     def _verdicts(self, job: _Job, index: list[int], active: list[int], stats: ArraySummary) -> list[Hashable]:
-        decides = any(job.policies[i].max_risk is not None for i in index)  # the same for every round of a chunk
-        inputs = [index[a] for a in active]
-        return verdicts(self.calibration, stats, inputs, job.policies, job.novelty, decides)
+        assert self.calibration is not None  # only asked for when _decides
+        return verdicts(self.calibration, stats, [index[a] for a in active], job.policies, job.novelty)
 
     def _map(self, fn: Callable[[list[int]], T], chunks: list[list[int]]) -> list[T]:
         """``fn`` over ``chunks``: on the CPU one intra-op thread per chunk, chunks side by side (``threads``)."""

@@ -3,7 +3,7 @@
 The engine (:mod:`mcdrop.core.engine`) samples; this module turns the statistics of each input's samples
 (:class:`~mcdrop.core.uncertainty.ArraySummary`) into what a caller reads: the label, the uncertainty fields,
 and with a calibration the novelty, the conformal set and the accept/abstain decision. ``verdicts`` is what
-adaptive sampling (:mod:`mcdrop.core.adaptive`) compares between rounds.
+adaptive sampling (:mod:`mcdrop.core.adaptive`) compares between rounds when a decision is asked for.
 """
 
 from __future__ import annotations
@@ -84,18 +84,15 @@ def decide(
 
 
 def verdicts(
-    calibration: Calibration | None,
+    calibration: Calibration,
     stats: ArraySummary,
     inputs: Sequence[int],
     policies: Sequence[DecisionPolicy],
     novelty: Sequence[float | None],
-    decides: bool,
 ) -> list[Hashable]:
-    """What must not change over a round for an input to stop sampling: its label, and with ``decides`` (some
-    input of the chunk asks for a decision) also its accept/abstain action (``None`` for those that do not)."""
-    top: list[Hashable] = stats.mean.argmax(axis=-1).tolist()
-    if calibration is None or not decides:
-        return top
+    """What must not change over a round for an input to stop sampling when some input asks for a decision: its
+    label and its accept/abstain action (``None`` for an input that asks for none)."""
+    top = stats.mean.argmax(axis=-1).tolist()
     scores = score_values(calibration.score, stats.mean, stats.entropy.tolist(), stats.mutual_information.tolist())
     out: list[Hashable] = []
     for j, i in enumerate(inputs):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import MakeCheckpoint, assert_predictions_close
-from mcdrop.core.adaptive import round_ends
+from mcdrop.core.adaptive import round_ends, run_rounds
 from mcdrop.core.decisions import DecisionPolicy
 from mcdrop.core.engine import MCEngine, load_engine
 from mcdrop.core.errors import ConfigError
@@ -29,6 +29,26 @@ def test_rounds_double_from_ten_and_end_at_n() -> None:
     assert round_ends(80) == [10, 20, 40, 80]
     assert round_ends(30) == [10, 20, 30]
     assert round_ends(10) == [10] and round_ends(7) == [7]
+
+
+def test_computing_every_sample_first_stops_where_the_rounds_stop() -> None:
+    torch.manual_seed(0)
+    confident = torch.softmax(torch.randn(100, 20, 3) * 0.3 + torch.tensor([3.0, 0.0, 0.0]), dim=-1)
+    torch.manual_seed(1)
+    unsure = torch.softmax(torch.randn(100, 20, 3) * 2.0, dim=-1)
+    samples = torch.cat([confident, unsure], dim=1)  # (S, 40, 3)
+
+    def tail(rows: torch.Tensor | None, part: slice) -> torch.Tensor:
+        return samples[part] if rows is None else samples[part][:, rows]
+
+    tolerances = [0.0, 0.01, 0.03, 0.1] * 10
+    eager = run_rounds(tail, 40, 100, 3, 100, tolerances, None, eager=True)
+    rounds = run_rounds(tail, 40, 100, 3, 30, tolerances, None)
+    assert eager[1] == rounds[1]
+    assert set(eager[1]) - {100} and all(u == 100 for u in eager[1][::4])  # some stop; tolerance 0 never does
+    for i, used in enumerate(eager[1]):
+        assert torch.equal(eager[0][:used, i], samples[:used, i])
+        assert torch.equal(rounds[0][:used, i], samples[:used, i])
 
 
 def test_zero_tolerance_is_exactly_the_fixed_n_answer(engine: MCEngine) -> None:
