@@ -70,7 +70,7 @@ def run_rounds(
     verdict: Verdict | None,
     eager: bool = False,
 ) -> tuple[Tensor, list[int]]:
-    """Probabilities ``(n_samples, n_inputs, C)`` and the samples each input used (its rows past that are unset).
+    """Probabilities ``(n_samples, n_inputs, C)`` and the samples each input used (its rows past that are 0).
 
     Without any positive tolerance this is one round of ``n_samples``: exactly the fixed-N computation. With
     ``eager``, every sample is computed in the first round and the rule is applied to the same samples
@@ -132,7 +132,7 @@ def _compute(
         part_samples = slice(first, min(samples.stop, first + samples_per_pass))
         part = tail(rows, part_samples)
         if probs is None:
-            probs = torch.empty(shape, dtype=part.dtype)
+            probs = torch.zeros(shape, dtype=part.dtype)  # rows an input never reaches stay 0
         if rows is None:
             probs[part_samples] = part
         else:

@@ -297,20 +297,11 @@ class MCEngine:
         return [float(v) for v in calibration.novelty.novelty_many(nll)]
 
     def _predict_chunk(self, job: _Job, index: list[int]) -> list[Prediction]:
-        """The predictions of the inputs ``index``, summarised in groups that used the same number of samples."""
+        """The predictions of the inputs ``index``, each from the samples it used."""
         probs, used = self._sample(job, index)
-        out: list[Prediction | None] = [None] * len(index)
-        for n_used in sorted(set(used)):
-            rows = [j for j, u in enumerate(used) if u == n_used]
-            part = probs[:n_used] if len(rows) == len(index) else probs[:n_used, rows]
-            for j, prediction in zip(rows, self._summaries(part, job, [index[j] for j in rows]), strict=True):
-                out[j] = prediction
-        return [p for p in out if p is not None]
-
-    def _summaries(self, probs: Tensor, job: _Job, index: list[int]) -> list[Prediction]:
-        stats = summary_arrays(probs)
+        stats = summary_arrays(probs, None if min(used) == probs.shape[0] else used)
         decided = decide(self.calibration, self.labels, stats, index, job.policies, job.novelty)
-        return build_predictions(stats, self.labels, job.encoded, index, probs.shape[0], decided)
+        return build_predictions(stats, self.labels, job.encoded, index, used, decided)
 
     def predict_samples(self, texts: Sequence[str], n_samples: int, seed: int) -> Tensor:
         """Raw MC probabilities ``(S, B, C)`` in input order, all ``n_samples`` of them (for evaluation)."""

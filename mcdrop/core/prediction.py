@@ -107,10 +107,11 @@ def build_predictions(
     labels: Sequence[str],
     encoded: EncodedTexts,
     inputs: Sequence[int],
-    n_used: int,
+    n_used: Sequence[int],
     decided: Sequence[Decided],
 ) -> list[Prediction]:
-    """One :class:`Prediction` per row of ``stats``; ``inputs`` are their indices in ``encoded``."""
+    """One :class:`Prediction` per row of ``stats``; ``inputs`` are their indices in ``encoded``, ``n_used`` the
+    samples each used."""
     # One bulk conversion to Python floats: per-element array access costs more than the maths.
     mean, var, err = (a.tolist() for a in (stats.mean, stats.variance, stats.std_error))
     top = stats.mean.argmax(axis=-1).tolist()
@@ -130,7 +131,7 @@ def build_predictions(
             oov_fraction=encoded.oov_fraction(i),
             n_tokens=encoded.n_tokens[i],
             n_known_tokens=encoded.n_known_tokens[i],
-            n_samples_used=n_used,
+            n_samples_used=n_used[j],
             novelty=decided[j][0],
             prediction_set=decided[j][1],
             decision=decided[j][2],
