@@ -50,7 +50,8 @@ MAX_SEED = 2**63 - 1
 # recurrence's working set leaves the cache). GPUs keep passes as large as max_batch_rows allows.
 CPU_RECURRENT_PASS_ROWS = 256
 # Below this many rows (inputs x samples) a batch runs as one chunk on one thread: handing chunks to other threads
-# costs more than it saves.
+# costs more than it saves. Only recurrent tails run chunks side by side: a head's chunks are a few small ops and
+# their statistics, which hold the GIL (measured: two chunks of 16 texts on two threads took 1.2x one chunk).
 PARALLEL_MIN_ROWS = 2048
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_POLICY = DecisionPolicy()
@@ -111,6 +112,7 @@ class MCEngine:
         self.calibration = checkpoint.calibration
         self.novelty_model = checkpoint.novelty_model
         self._runner = ChunkRunner()  # chunks on one intra-op thread each, side by side (mcdrop.core.threads)
+        self._parallel = self.model.stochastic_recurrence and self.model.thread_safe_tail
 
     @property
     def name(self) -> str:
@@ -208,7 +210,7 @@ class MCEngine:
         """``fn`` over ``chunks``: on the CPU one intra-op thread per chunk, chunks side by side (``threads``)."""
         if self.device.type != "cpu":
             return [fn(chunk) for chunk in chunks]
-        return self._runner.map(fn, chunks, parallel=self.model.thread_safe_tail)
+        return self._runner.map(fn, chunks, parallel=self._parallel)
 
     def _check(self, n_samples: int, seeds: Sequence[int], tolerances: Sequence[float] = ()) -> None:
         if not isinstance(n_samples, int) or n_samples < 1:
@@ -257,7 +259,7 @@ class MCEngine:
             [float(t) for _, _, _, t in per_text],
             self._novelty(encoded),
         )
-        parts = torch.get_num_threads() if len(per_text) * n_samples >= PARALLEL_MIN_ROWS else 1
+        parts = torch.get_num_threads() if self._parallel and len(per_text) * n_samples >= PARALLEL_MIN_ROWS else 1
         chunks = self._chunks(encoded, n_samples, parts)
         flat: list[Prediction | None] = [None] * len(per_text)
         try:
@@ -310,7 +312,7 @@ class MCEngine:
         n = len(texts)
         job = _Job(encoded, [seed] * n, n_samples, [DEFAULT_POLICY] * n, [0.0] * n, [None] * n)
         out = torch.empty(n_samples, len(texts), len(self.labels))
-        chunks = self._chunks(encoded, n_samples, torch.get_num_threads())
+        chunks = self._chunks(encoded, n_samples, torch.get_num_threads() if self._parallel else 1)
         for index, (probs, _) in zip(chunks, self._map(partial(self._sample, job), chunks), strict=True):
             out[:, index] = probs
         return out
