@@ -11,6 +11,7 @@ All inference, warm-up included, runs on one shared thread: the machine's cores 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import time
@@ -42,6 +43,14 @@ class ServedModel:
     engine: MCEngine
     batcher: Batcher
     default_n_samples: int  # the checkpoint's default, capped at max_n_samples
+
+
+def _freeze_heap() -> None:
+    """Exempt what start-up made (torch, the models, the app: ~200,000 objects that live as long as the process)
+    from the cyclic garbage collector. A full collection of that heap took ~110 ms, stopped every request in
+    flight and was the 32-client p99; afterwards a full collection scans only what requests leave behind."""
+    gc.collect()
+    gc.freeze()
 
 
 class Service:
@@ -116,6 +125,7 @@ class Service:
             logger.exception("loading models failed")
             self._fail(f"loading models failed: {type(error).__name__}: {error}")
             return
+        _freeze_heap()
         self.status = "ready"
         self.metrics.ready.set(1)
         logger.info(
