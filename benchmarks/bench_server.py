@@ -28,6 +28,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,9 +185,17 @@ class RawClient:
 
 
 async def drive(
-    url: str, model: str, clients: int, n_samples: int, seconds: float, warmup_s: float, client_kind: str
+    url: str,
+    model: str,
+    clients: int,
+    n_samples: int,
+    seconds: float,
+    warmup_s: float,
+    client_kind: str,
+    texts: Sequence[str] | None = None,
 ) -> Run:
-    texts = sentences(1000, seed=2)
+    """Closed-loop clients, one text per request (drawn from ``texts``, review-like stand-ins by default)."""
+    texts = texts or sentences(1000, seed=2)
     run = Run()
     host, port = url.removeprefix("http://").split(":")
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
