@@ -75,7 +75,7 @@ class PlainGRU(nn.Module):
         states, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True)
         valid = (torch.arange(states.shape[1])[None, :] < lengths[:, None]).unsqueeze(-1)
         pooled = torch.cat(
-            [states.masked_fill(~valid, float("-inf")).max(dim=1).values, states.sum(dim=1) / lengths[:, None]], -1
+            [states.masked_fill(~valid, float("-inf")).amax(dim=1), states.sum(dim=1) / lengths[:, None]], -1
         )
         logits: Tensor = self.classifier(self.output_dropout(pooled))
         return logits
