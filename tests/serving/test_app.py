@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
 import threading
@@ -112,6 +113,10 @@ def test_mc_tolerance_from_the_request_the_server_or_the_checkpoint(model_dir: P
         _wait_ready(client)
         assert used(client) == [20, 20]
         assert used(client, mc_tolerance=0.0) == [100, 100]
+
+
+def test_the_start_up_heap_is_frozen_out_of_the_cyclic_gc(client: TestClient) -> None:
+    assert gc.get_freeze_count() > 10_000  # torch, the models and the app: a full collection skips them
 
 
 def test_one_sample_has_zero_mutual_information(client: TestClient) -> None:
