@@ -164,16 +164,15 @@ class MCEngine:
 
     def _tail(self, state: Any, sampler: MaskSampler) -> Tail:
         """The stochastic tail for a sample range over some rows of ``state``, as CPU probabilities."""
-        selected: dict[int, Any] = {}  # one selection per round, however many passes it takes
+        selected: list[Any] = [None, None]  # (rows, their state): one selection per round, however many passes
         on_cpu = self.device.type == "cpu"
 
         def tail(rows: Tensor | None, samples: slice) -> Tensor:
             part = state
             if rows is not None:
-                part = selected.get(id(rows))
-                if part is None:
-                    selected.clear()
-                    part = selected[id(rows)] = select_rows(state, rows)
+                if selected[0] is not rows:
+                    selected[:] = [rows, select_rows(state, rows)]
+                part = selected[1]
             sampler.restrict(rows)
             sampler.start_pass(samples)
             probs = self._probs(self.model.stochastic_tail(part, sampler))
