@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_DIR ?= models
 
-.PHONY: install serve test lint models bench bench-server deploy-check clean
+.PHONY: install bench-install serve test lint models bench bench-server bench-peers deploy-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 install: $(VENV)/.installed
+
+# The peers the benchmarks compare with (baal, torch-uncertainty, LitServe), into the same environment.
+bench-install: install
+	$(BIN)/pip install --quiet -e '.[bench]'
 
 serve: install
 	$(BIN)/mcdrop serve --model-dir $(MODEL_DIR) --host $(HOST) --port $(PORT)
@@ -40,6 +44,10 @@ bench: install
 
 bench-server: install
 	$(BIN)/python benchmarks/bench_server.py
+
+bench-peers: bench-install
+	$(BIN)/python -m benchmarks.bench_peers
+	$(BIN)/python -m benchmarks.bench_litserve
 
 deploy-check: install
 	VENV=$(VENV) bash .ci/deploy-checks.sh

@@ -30,6 +30,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,11 +205,13 @@ class Load:
     seconds: float
     warmup_s: float
     client_kind: str
-    endpoint: str
+    endpoint: str = "v1"
+    texts: Sequence[str] | None = None  # one per request, drawn in turn; review-like stand-ins by default
 
 
 async def drive(url: str, load: Load) -> Run:
-    texts = sentences(1000, seed=2)
+    """Closed-loop clients, one text per request (drawn from ``load.texts``, review-like stand-ins by default)."""
+    texts = load.texts or sentences(1000, seed=2)
     run = Run()
     host, port = url.removeprefix("http://").split(":")
     limits = httpx.Limits(max_connections=load.clients, max_keepalive_connections=load.clients)

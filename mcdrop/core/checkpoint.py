@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mcdrop.core.checkpoint_checks import (
+    DEFAULT_MC_TOLERANCE,
     DEFAULT_N_SAMPLES,
     DEFAULT_TEMPERATURE,
     FORMAT_VERSION,
@@ -76,6 +77,11 @@ class Checkpoint:
     @property
     def temperature(self) -> float:
         return float(self.config.get("temperature", DEFAULT_TEMPERATURE))
+
+    @property
+    def mc_tolerance(self) -> float:
+        """Default Monte Carlo tolerance of predictions (0: always ``n_samples``; see :mod:`mcdrop.core.adaptive`)."""
+        return float(self.config.get("mc_tolerance", DEFAULT_MC_TOLERANCE))
 
 
 def _write_atomic(path: Path, text: str) -> None:

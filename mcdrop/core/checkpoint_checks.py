@@ -25,6 +25,7 @@ REQUIRED_KEYS = ("name", "version", "architecture", "labels", "model_params")
 OPTIONAL_OBJECTS = ("tokenizer", "training", "metrics")
 DEFAULT_N_SAMPLES = 50
 DEFAULT_TEMPERATURE = 1.0
+DEFAULT_MC_TOLERANCE = 0.0  # fixed n_samples; see mcdrop.core.adaptive
 MAX_NAME_CHARS = 128
 
 
@@ -54,6 +55,7 @@ def _scalar_problems(config: Mapping[str, Any]) -> list[str | None]:
     version = config["version"]
     n_samples = config.get("default_n_samples", DEFAULT_N_SAMPLES)
     temperature = config.get("temperature", DEFAULT_TEMPERATURE)
+    tolerance = config.get("mc_tolerance", DEFAULT_MC_TOLERANCE)
     placement = config.get("dropout_placement", "")
     return [
         _name_problem(config["name"]),
@@ -70,6 +72,9 @@ def _scalar_problems(config: Mapping[str, Any]) -> list[str | None]:
         None
         if is_number(temperature) and temperature > 0
         else f"temperature must be a positive number (got {short(temperature)})",
+        None
+        if is_number(tolerance) and tolerance >= 0
+        else f"mc_tolerance must be a number >= 0 (got {short(tolerance)})",
         None if isinstance(placement, str) else f"dropout_placement must be a string (got {short(placement)})",
     ]
 

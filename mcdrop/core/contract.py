@@ -45,6 +45,8 @@ class MCModel(Protocol):
         stochastic_recurrence: whether a recurrence is part of the stochastic tail (the engine then keeps tail
             passes cache-sized on the CPU).
         mc_active: whether any dropout has ``p > 0``; without it MC samples would all agree, silently.
+        thread_safe_tail: whether tail passes over different inputs may run on several threads at once (the
+            engine spreads large CPU batches over threads); false when a pass swaps the module's own weights.
     """
 
     architecture: str
@@ -59,12 +61,16 @@ class MCModel(Protocol):
     @property
     def mc_active(self) -> bool: ...
 
+    @property
+    def thread_safe_tail(self) -> bool: ...
+
     def make_input(self, ids: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> ModelInput:
         """Token ids of each text (from :class:`~mcdrop.core.text.TextEncoder`) → a batch on ``device``."""
         ...
 
     def prefix(self, batch: ModelInput) -> Any:
-        """The deterministic part; its result is what ``stochastic_tail`` takes."""
+        """The deterministic part; its result is what ``stochastic_tail`` takes: a tensor or a tuple of tensors
+        with the inputs on the first axis (adaptive sampling selects the inputs still sampling from it)."""
         ...
 
     def stochastic_tail(self, state: Any, sampler: MaskSampler | None = None) -> Tensor:

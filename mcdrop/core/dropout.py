@@ -41,8 +41,8 @@ def inverted_dropout_mask(
         return torch.zeros(tuple(shape), device=device)
     if p <= 0.0:
         return torch.ones(tuple(shape), device=device)
-    keep = torch.rand(tuple(shape), generator=generator, device=device) >= p
-    return keep.to(torch.float32) * (1.0 / (1.0 - p))
+    # in place: the same values as (rand >= p).float() * scale, with two fewer allocations on a hot path
+    return torch.rand(tuple(shape), generator=generator, device=device).ge_(p).mul_(1.0 / (1.0 - p))
 
 
 class MaskSampler:
@@ -54,7 +54,9 @@ class MaskSampler:
 
     A forward pass calls :meth:`keep` once per stochastic layer, in a fixed order. The engine may split the
     ``n_samples`` samples into chunks: :meth:`start_pass` selects a sample range and restarts the layer count;
-    masks are drawn once for all samples and sliced, so chunking never changes a mask.
+    masks are drawn once for all samples and sliced, so chunking never changes a mask, and neither does stopping
+    early (adaptive sampling runs the first samples only). :meth:`restrict` narrows the pass to some of the inputs
+    (those still sampling) without changing their masks.
     """
 
     def __init__(
@@ -75,11 +77,16 @@ class MaskSampler:
         self.seeds = [int(s) for s in seeds]
         self.device = torch.device(device)
         self.dtype = dtype
+        self._convert = self.device.type != "cpu" or dtype != torch.float32  # masks are drawn as CPU float32
         self.groups = None if groups is None else groups.to(self.device)
+        self._all_groups = self.groups
         self._generators = [torch.Generator().manual_seed(s) for s in self.seeds]
         self._cache: list[Tensor] = []  # one (G, S, *shape) mask per layer call, in call order
+        self._shapes: list[tuple[int, ...]] = []
+        self._single: list[Tensor] = []  # the first group's masks as (S, 1, *shape) views
         self._calls = 0
         self._samples = slice(0, n_samples)
+        self._all_samples = True
 
     @property
     def samples_in_pass(self) -> int:
@@ -90,32 +97,57 @@ class MaskSampler:
     def start_pass(self, samples: slice | None = None) -> None:
         """Begin a forward pass over the sample range ``samples`` (all samples by default)."""
         self._samples = slice(0, self.n_samples) if samples is None else samples
+        self._all_samples = self._samples.indices(self.n_samples) == (0, self.n_samples, 1)
         self._calls = 0
+
+    def restrict(self, rows: Tensor | None) -> None:
+        """Later passes cover only the inputs ``rows`` (indices into the batch); ``None``: every input again."""
+        if self._all_groups is not None:
+            self.groups = self._all_groups if rows is None else self._all_groups[rows.to(self.device)]
+
+    def _layer(self, p: float, shape: Sequence[int]) -> int:
+        """Index of the next layer's masks in the cache, drawing them on its first call."""
+        index = self._calls
+        self._calls += 1
+        shape = tuple(shape)
+        if index == len(self._cache):
+            # (G, S, *shape): drawn once for every sample, so sample chunks slice the same masks.
+            if len(self._generators) == 1:
+                # drawn as (S, 1, *shape), the view keep() broadcasts over a batch: the same numbers in the same
+                # order as (S, *shape), without the view ops on every call
+                single = inverted_dropout_mask((self.n_samples, 1, *shape), p, self._generators[0])
+                masks = single.squeeze(1).unsqueeze(0)
+            else:
+                masks = torch.stack([inverted_dropout_mask((self.n_samples, *shape), p, g) for g in self._generators])
+                single = masks[0].unsqueeze(1)
+            if self._convert:
+                masks = masks.to(device=self.device, dtype=self.dtype)
+                single = single.to(device=self.device, dtype=self.dtype)
+            self._cache.append(masks)
+            self._shapes.append(shape)
+            self._single.append(single)
+        if self._shapes[index] != shape:
+            raise RuntimeError(f"mask {index} was drawn for shape {self._shapes[index]}, asked {shape}")
+        return index
 
     def group_masks(self, p: float, shape: Sequence[int]) -> Tensor:
         """Scaled keep-masks of the next layer for each seed group: ``(G, S, *shape)``.
 
         For layers that cannot broadcast one mask over a batch (weight dropout); :meth:`keep` is the usual entry.
         """
-        index = self._calls
-        self._calls += 1
-        if index == len(self._cache):
-            # (G, S, *shape): drawn once for every sample, so sample chunks slice the same masks.
-            masks = torch.stack([inverted_dropout_mask((self.n_samples, *shape), p, g) for g in self._generators])
-            self._cache.append(masks.to(device=self.device, dtype=self.dtype))
-        masks = self._cache[index][:, self._samples]
-        if masks.shape[2:] != tuple(shape):
-            raise RuntimeError(f"mask {index} was drawn for shape {tuple(masks.shape[2:])}, asked {tuple(shape)}")
-        return masks
+        masks = self._cache[self._layer(p, shape)]
+        return masks if self._all_samples else masks[:, self._samples]
 
     def keep(self, p: float, shape: Sequence[int]) -> Tensor:
         """Scaled keep-mask for one layer: ``(S, B, *shape)``, or ``(S, 1, *shape)`` with a single group.
 
         ``shape`` is the feature shape after the batch axis, with 1 on axes the mask is shared along.
         """
-        masks = self.group_masks(p, shape)
+        index = self._layer(p, shape)
         if self.groups is None:
-            return masks[0].unsqueeze(1)  # (S, 1, *shape)
+            single = self._single[index]
+            return single if self._all_samples else single[self._samples]
+        masks = self._cache[index] if self._all_samples else self._cache[index][:, self._samples]
         return masks.index_select(0, self.groups).transpose(0, 1)  # (G,S,..)->(B,S,..)->(S,B,..)
 
 

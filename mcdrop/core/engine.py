@@ -6,7 +6,10 @@ How the cost stays low (see ``docs/engine.md``):
 * the samples of many inputs go through one batched tail pass, chunked to ``max_batch_rows`` rows,
 * masks are drawn per sample (shared by the inputs of a request), not per row, which also makes each
   request's answer depend only on its own texts, seed and ``n_samples``,
-* inputs are sorted by length so sequence batches carry little padding.
+* inputs are sorted by length so sequence batches carry little padding,
+* with ``mc_tolerance`` > 0, samples come in rounds and each input stops once its estimate has settled
+  (:mod:`mcdrop.core.adaptive`),
+* on the CPU each chunk runs on one intra-op thread, chunks side by side (:mod:`mcdrop.core.threads`).
 
 What a request will cost is known before it runs (``engine.cost``, in the units of :mod:`mcdrop.core.cost`), and
 a call given a ``deadline`` checks it before every tail pass and stops with ``DeadlineExceeded`` once it has passed,
@@ -22,24 +25,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import secrets
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from mcdrop.core.adaptive import Tail, run_rounds, select_rows
 from mcdrop.core.checkpoint import Checkpoint, load_checkpoint
 from mcdrop.core.cost import Deadline, check_deadline, explain_cost, request_cost, text_steps
-from mcdrop.core.decisions import Decision, DecisionPolicy
+from mcdrop.core.decisions import DecisionPolicy
 from mcdrop.core.dropout import MaskSampler
 from mcdrop.core.errors import ConfigError, McdropError, OutOfMemory
 from mcdrop.core.novelty import NgramLanguageModel
-from mcdrop.core.prediction import Prediction as Prediction  # re-exported: the engine's answer type
+from mcdrop.core.prediction import Prediction as Prediction  # where callers have always found it
+from mcdrop.core.prediction import build_predictions, decide, verdicts
 from mcdrop.core.text import EncodedTexts, Vocabulary
-from mcdrop.core.uncertainty import summarize
+from mcdrop.core.threads import ChunkRunner
+from mcdrop.core.uncertainty import ArraySummary, summary_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +58,13 @@ MAX_SEED = 2**63 - 1
 # thread): passes of 800-1600 rows cost as much per row as single texts, 3200-row passes twice as much (the
 # recurrence's working set leaves the cache). GPUs keep passes as large as max_batch_rows allows.
 CPU_RECURRENT_PASS_ROWS = 256
+# Below this many rows (inputs x samples) a batch runs as one chunk on one thread: handing chunks to other threads
+# costs more than it saves. Only recurrent tails run chunks side by side: a head's chunks are a few small ops and
+# their statistics, which hold the GIL (measured: two chunks of 16 texts on two threads took 1.2x one chunk).
+PARALLEL_MIN_ROWS = 2048
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_POLICY = DecisionPolicy()
+T = TypeVar("T")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -107,6 +122,8 @@ class MCEngine:
         self.novelty_model = checkpoint.novelty_model
         # encoder id -> novelty-model id, built for the novelty model it was made with
         self._novelty_table: tuple[NgramLanguageModel | None, np.ndarray[Any, Any], bool] = (None, np.zeros(0), False)
+        self._runner = ChunkRunner()  # chunks on one intra-op thread each, side by side (mcdrop.core.threads)
+        self._parallel = self.model.stochastic_recurrence and self.model.thread_safe_tail
 
     @property
     def name(self) -> str:
@@ -125,6 +142,10 @@ class MCEngine:
         return self.checkpoint.default_n_samples
 
     @property
+    def default_mc_tolerance(self) -> float:
+        return self.checkpoint.mc_tolerance
+
+    @property
     def config(self) -> dict[str, Any]:
         return self.checkpoint.config
 
@@ -134,44 +155,71 @@ class MCEngine:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def _probs(self, logits: Tensor) -> Tensor:
-        return torch.softmax(logits.float() / self.temperature, dim=-1)
+        if logits.dtype != torch.float32:
+            logits = logits.float()
+        return torch.softmax(logits / self.temperature, dim=-1)
 
-    def _chunks(self, encoded: EncodedTexts, rows_per_input: int) -> Iterator[list[int]]:
-        """Input indices in length order, in chunks of at most ``pass_rows // rows_per_input`` inputs."""
+    def _chunks(self, encoded: EncodedTexts, rows_per_input: int, parts: int = 1) -> list[list[int]]:
+        """Input indices in length order, in chunks of at most ``pass_rows // rows_per_input`` inputs (and at
+        least ``parts`` chunks when there are enough inputs, one per thread)."""
         order = sorted(range(len(encoded)), key=lambda i: len(encoded.ids[i]))
-        size = max(1, self.pass_rows // max(1, rows_per_input))
-        for start in range(0, len(order), size):
-            yield order[start : start + size]
+        size = max(1, min(self.pass_rows // max(1, rows_per_input), math.ceil(len(order) / parts)))
+        return [order[start : start + size] for start in range(0, len(order), size)]
 
-    def _sample(
-        self, encoded: EncodedTexts, seeds: Sequence[int], n_samples: int, deadline: Deadline = None
-    ) -> Iterator[tuple[list[int], Tensor]]:
-        """Yield (input indices, probabilities ``(S, b, C)``) chunk by chunk; ``seeds[i]`` is input i's seed.
+    def _sampler(self, n_samples: int, seeds: list[int]) -> MaskSampler:
+        """One seed group per distinct seed (under autocast, fp32 masks would promote activations to fp32)."""
+        if all(seed == seeds[0] for seed in seeds):  # the usual case: no unique() and no group index
+            return MaskSampler(n_samples, seeds[:1], device=self.device, dtype=self.dtype)
+        unique, groups = torch.unique(torch.tensor(seeds), return_inverse=True)
+        return MaskSampler(n_samples, unique.tolist(), groups, device=self.device, dtype=self.dtype)
 
-        ``deadline`` is checked before every tail pass: past it :class:`DeadlineExceeded` stops the work."""
-        samples_per_pass = min(n_samples, self.pass_rows)
-        done = 0
-        for index in self._chunks(encoded, n_samples):
-            batch = self.model.make_input([encoded.ids[i] for i in index], self.device)
-            chunk_seeds, groups = torch.unique(torch.tensor([seeds[i] for i in index]), return_inverse=True)
-            sampler = MaskSampler(
-                n_samples,
-                chunk_seeds.tolist(),
-                groups if len(chunk_seeds) > 1 else None,
-                device=self.device,
-                dtype=self.dtype,  # under autocast, fp32 masks would promote activations back to fp32
+    def _tail(self, state: Any, sampler: MaskSampler, job: _Job) -> Tail:
+        """The stochastic tail for a sample range over some rows of ``state``, as CPU probabilities; the job's
+        deadline is checked before every pass."""
+        selected: list[Any] = [None, None]  # (rows, their state): one selection per round, however many passes
+        on_cpu = self.device.type == "cpu"
+        checked = [True]  # the first pass follows the check made before the prefix
+
+        def tail(rows: Tensor | None, samples: slice) -> Tensor:
+            if checked[0]:
+                checked[0] = False
+            else:
+                self._check_deadline(job)
+            part = state
+            if rows is not None:
+                if selected[0] is not rows:
+                    selected[:] = [rows, select_rows(state, rows)]
+                part = selected[1]
+            sampler.restrict(rows)
+            sampler.start_pass(samples)
+            probs = self._probs(self.model.stochastic_tail(part, sampler))
+            return probs if on_cpu else probs.cpu()
+
+        return tail
+
+    def _sample(self, job: _Job, index: list[int]) -> tuple[Tensor, list[int]]:
+        """Probabilities ``(S, b, C)`` of the inputs ``index`` and the samples each used (see ``run_rounds``)."""
+        batch = self.model.make_input([job.encoded.ids[i] for i in index], self.device)
+        sampler = self._sampler(job.n_samples, [job.seeds[i] for i in index])
+        with torch.inference_mode(), self._autocast():
+            self._check_deadline(job)
+            state = self.model.prefix(batch)
+            probs, used = run_rounds(
+                self._tail(state, sampler, job),
+                len(index),
+                job.n_samples,
+                len(self.labels),
+                min(job.n_samples, self.pass_rows),
+                [job.tolerances[i] for i in index],
+                partial(self._verdicts, job, index) if self._decides(job, index) else None,
+                eager=not self.model.stochastic_recurrence,  # a head's extra samples cost less than extra passes
             )
-            with torch.inference_mode(), self._autocast():
-                check_deadline(deadline, self.name, done, len(encoded))
-                state = self.model.prefix(batch)
-                parts = []
-                for start in range(0, n_samples, samples_per_pass):
-                    if start:
-                        check_deadline(deadline, self.name, done, len(encoded))
-                    sampler.start_pass(slice(start, min(n_samples, start + samples_per_pass)))
-                    parts.append(self._probs(self.model.stochastic_tail(state, sampler)))
-            done += len(index)
-            yield index, torch.cat(parts).cpu()
+        job.finished(len(index))
+        return probs, used
+
+    def _check_deadline(self, job: _Job) -> None:
+        """:class:`~mcdrop.core.errors.DeadlineExceeded` once the job's deadline has passed."""
+        check_deadline(job.deadline, self.name, job.done[0], len(job.seeds))
 
     def cost(self, texts: Sequence[str], n_samples: int) -> int:
         """What ``n_samples`` samples of ``texts`` cost this model, in the units of :mod:`mcdrop.core.cost`."""
@@ -182,43 +230,77 @@ class MCEngine:
         steps = text_steps(self.model, self.encoder, texts)
         return n_samples * steps, explain_cost(self.model, len(texts), steps, n_samples)
 
-    def _check(self, n_samples: int, seeds: Sequence[int]) -> None:
+    def _decides(self, job: _Job, index: list[int]) -> bool:
+        """Whether some input of the chunk asks for a decision: then its action must settle too."""
+        return self.calibration is not None and any(job.policies[i].max_risk is not None for i in index)
+
+    def _verdicts(self, job: _Job, index: list[int], active: list[int], stats: ArraySummary) -> list[Hashable]:
+        assert self.calibration is not None  # only asked for when _decides
+        return verdicts(self.calibration, stats, [index[a] for a in active], job.policies, job.novelty)
+
+    def _map(self, fn: Callable[[list[int]], T], chunks: list[list[int]]) -> list[T]:
+        """``fn`` over ``chunks``: on the CPU one intra-op thread per chunk, chunks side by side (``threads``)."""
+        if self.device.type != "cpu":
+            return [fn(chunk) for chunk in chunks]
+        return self._runner.map(fn, chunks, parallel=self._parallel)
+
+    def _check(self, n_samples: int, seeds: Sequence[int], tolerances: Sequence[float] = ()) -> None:
         if not isinstance(n_samples, int) or n_samples < 1:
             raise ConfigError(f"n_samples must be a positive integer (got {n_samples!r})")
         for seed in seeds:
             if not 0 <= seed <= MAX_SEED:
                 raise ConfigError(f"seed must be in [0, {MAX_SEED}] (got {seed})")
+        for tolerance in tolerances:
+            if not (isinstance(tolerance, int | float) and 0 <= tolerance < math.inf):
+                raise ConfigError(f"mc_tolerance must be a number >= 0 (got {tolerance!r})")
 
     def predict_many(
         self,
         requests: Sequence[tuple[Sequence[str], int]],
         n_samples: int,
         policies: Sequence[DecisionPolicy] | None = None,
+        mc_tolerances: Sequence[float] | None = None,
         deadline: Deadline = None,
     ) -> list[list[Prediction]]:
         """Predict several requests ``(texts, seed)`` in one engine pass; each result equals a separate call.
 
         ``policies[r]`` says what request ``r`` wants decided (default: conformal sets at 90 % coverage, no
-        accept/abstain decision); it changes nothing about sampling, so requests with any policies share a pass.
-        ``deadline`` (a ``time.perf_counter()`` value, or a function giving it) is checked before every tail pass;
-        past it the call raises :class:`~mcdrop.core.errors.DeadlineExceeded` instead of finishing work nobody
-        waits for.
+        accept/abstain decision); ``mc_tolerances[r]`` when its inputs may stop sampling early (default: the
+        checkpoint's ``mc_tolerance``). Each input's samples and stopping point depend on its own request only, so
+        requests with any policies and tolerances share a pass. ``deadline`` (a ``time.perf_counter()`` value, or a
+        function giving it) is checked before every tail pass; past it the call raises
+        :class:`~mcdrop.core.errors.DeadlineExceeded` instead of finishing work nobody waits for.
         """
-        self._check(n_samples, [seed for _, seed in requests])
+        if mc_tolerances is None:
+            mc_tolerances = [self.default_mc_tolerance] * len(requests)
+        self._check(n_samples, [seed for _, seed in requests], mc_tolerances)
         if policies is None:
             policies = [DEFAULT_POLICY] * len(requests)
-        elif len(policies) != len(requests):
-            raise ValueError(f"{len(policies)} policies for {len(requests)} requests")
+        if len(policies) != len(requests) or len(mc_tolerances) != len(requests):
+            raise ValueError(f"{len(policies)} policies, {len(mc_tolerances)} tolerances for {len(requests)} requests")
         if self.calibration is None and any(p.max_risk is not None for p in policies):
             raise ConfigError(f"model {self.name} has no calibration: it cannot decide at a max_risk")
-        texts = [text for request_texts, _ in requests for text in request_texts]
-        seeds = [seed for request_texts, seed in requests for _ in request_texts]
-        text_policies = [p for (request_texts, _), p in zip(requests, policies, strict=True) for _ in request_texts]
-        encoded = self.encoder.encode(texts)
-        flat: list[Prediction | None] = [None] * len(texts)
+        per_text = [
+            (text, seed, p, t)
+            for (ts, seed), p, t in zip(requests, policies, mc_tolerances, strict=True)
+            for text in ts
+        ]
+        encoded = self.encoder.encode([text for text, _, _, _ in per_text])
+        job = _Job(
+            encoded,
+            [seed for _, seed, _, _ in per_text],
+            n_samples,
+            [p for _, _, p, _ in per_text],
+            [float(t) for _, _, _, t in per_text],
+            self._novelty(encoded),
+            deadline,
+        )
+        parts = torch.get_num_threads() if self._parallel and len(per_text) * n_samples >= PARALLEL_MIN_ROWS else 1
+        chunks = self._chunks(encoded, n_samples, parts)
+        flat: list[Prediction | None] = [None] * len(per_text)
         try:
-            for index, probs in self._sample(encoded, seeds, n_samples, deadline):
-                for i, prediction in zip(index, self._summaries(probs, encoded, index, text_policies), strict=True):
+            for index, predictions in zip(chunks, self._map(partial(self._predict_chunk, job), chunks), strict=True):
+                for i, prediction in zip(index, predictions, strict=True):
                     flat[i] = prediction
         except (torch.OutOfMemoryError, MemoryError) as error:
             raise OutOfMemory(
@@ -237,33 +319,20 @@ class MCEngine:
         n_samples: int | None = None,
         seed: int | None = None,
         policy: DecisionPolicy | None = None,
+        mc_tolerance: float | None = None,
     ) -> list[Prediction]:
-        """MC predictions for ``texts``; a ``None`` seed draws a random one."""
+        """MC predictions for ``texts``; a ``None`` seed draws a random one, a ``None`` tolerance is the model's."""
         n = self.default_n_samples if n_samples is None else n_samples
         request = (texts, random_seed() if seed is None else seed)
-        return self.predict_many([request], n, None if policy is None else [policy])[0]
+        tolerances = None if mc_tolerance is None else [mc_tolerance]
+        return self.predict_many([request], n, None if policy is None else [policy], tolerances)[0]
 
-    def _decisions(
-        self,
-        mean: list[list[float]],
-        entropy: list[float],
-        mi: list[float],
-        encoded: EncodedTexts,
-        index: list[int],
-        policies: Sequence[DecisionPolicy],
-    ) -> list[tuple[float | None, list[str] | None, Decision | None]]:
-        """Novelty, conformal set and decision of each input (all ``None`` without a calibration)."""
+    def _novelty(self, encoded: EncodedTexts) -> list[float | None]:
         calibration = self.calibration
-        if calibration is None:
-            return [(None, None, None)] * len(index)
-        novelty: list[float | None] = [None] * len(index)
-        if calibration.novelty is not None and self.novelty_model is not None:
-            novelty = calibration.novelty.novelty_many(self._novelty_nll(encoded, index)).tolist()
-        labels = self.labels
-        decided = calibration.decide_many(mean, entropy, mi, novelty, [policies[i] for i in index])
-        return [
-            (v, [labels[c] for c in members], decision) for v, (members, decision) in zip(novelty, decided, strict=True)
-        ]
+        if calibration is None or calibration.novelty is None or self.novelty_model is None:
+            return [None] * len(encoded)
+        nll = self._novelty_nll(encoded, list(range(len(encoded))))
+        return [float(v) for v in calibration.novelty.novelty_many(nll)]
 
     def _novelty_nll(self, encoded: EncodedTexts, index: list[int]) -> np.ndarray[Any, Any]:
         """The novelty model's mean NLL per token of each input, from the encoder's ids: the words were looked up
@@ -287,44 +356,22 @@ class MCEngine:
                 lm_ids[unknown] = [model.token_id(words[k]) for k in unknown.tolist()]
         return model.mean_nll_ids(lm_ids, lengths)
 
-    def _summaries(
-        self, probs: Tensor, encoded: EncodedTexts, index: list[int], policies: Sequence[DecisionPolicy]
-    ) -> list[Prediction]:
-        stats = summarize(probs)
-        labels = self.labels
-        # One bulk conversion to Python floats: per-element tensor access costs more than the maths.
-        mean, var, err = (t.tolist() for t in (stats.mean, stats.variance, stats.std_error))
-        top = stats.mean.argmax(dim=-1).tolist()
-        ent, exp_ent, mi, vr = (
-            t.tolist() for t in (stats.entropy, stats.expected_entropy, stats.mutual_information, stats.variation_ratio)
-        )
-        decided = self._decisions(mean, ent, mi, encoded, index, policies)
-        return [
-            Prediction(
-                label=labels[top[j]],
-                probs=dict(zip(labels, mean[j], strict=True)),
-                variance=dict(zip(labels, var[j], strict=True)),
-                entropy=ent[j],
-                expected_entropy=exp_ent[j],
-                mutual_information=mi[j],
-                variation_ratio=vr[j],
-                std_error=dict(zip(labels, err[j], strict=True)),
-                oov_fraction=encoded.oov_fraction(i),
-                n_tokens=encoded.n_tokens[i],
-                n_known_tokens=encoded.n_known_tokens[i],
-                novelty=decided[j][0],
-                prediction_set=decided[j][1],
-                decision=decided[j][2],
-            )
-            for j, i in enumerate(index)
-        ]
+    def _predict_chunk(self, job: _Job, index: list[int]) -> list[Prediction]:
+        """The predictions of the inputs ``index``, each from the samples it used."""
+        probs, used = self._sample(job, index)
+        stats = summary_arrays(probs, None if min(used) == probs.shape[0] else used)
+        decided = decide(self.calibration, self.labels, stats, index, job.policies, job.novelty)
+        return build_predictions(stats, self.labels, job.encoded, index, used, decided)
 
     def predict_samples(self, texts: Sequence[str], n_samples: int, seed: int) -> Tensor:
-        """Raw MC probabilities ``(S, B, C)`` in input order (for evaluation)."""
+        """Raw MC probabilities ``(S, B, C)`` in input order, all ``n_samples`` of them (for evaluation)."""
         self._check(n_samples, [seed])
         encoded = self.encoder.encode(texts)
+        n = len(texts)
+        job = _Job(encoded, [seed] * n, n_samples, [DEFAULT_POLICY] * n, [0.0] * n, [None] * n)
         out = torch.empty(n_samples, len(texts), len(self.labels))
-        for index, probs in self._sample(encoded, [seed] * len(texts), n_samples):
+        chunks = self._chunks(encoded, n_samples, torch.get_num_threads() if self._parallel else 1)
+        for index, (probs, _) in zip(chunks, self._map(partial(self._sample, job), chunks), strict=True):
             out[:, index] = probs
         return out
 
@@ -337,6 +384,26 @@ class MCEngine:
             with torch.inference_mode(), self._autocast():
                 out[index] = self._probs(self.model(batch)).cpu()
         return out
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One engine call's inputs, per text: what every chunk of it needs."""
+
+    encoded: EncodedTexts
+    seeds: list[int]
+    n_samples: int
+    policies: list[DecisionPolicy]
+    tolerances: list[float]
+    novelty: list[float | None]
+    deadline: Deadline = None
+    done: list[int] = field(default_factory=lambda: [0])  # inputs finished, for a deadline's message
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def finished(self, n_inputs: int) -> None:
+        """``n_inputs`` more inputs are done (chunks may finish on several threads)."""
+        with self.lock:
+            self.done[0] += n_inputs
 
 
 def load_engine(path: str, device: str = "auto", max_batch_rows: int = 4096, dtype: str = "float32") -> MCEngine:

@@ -82,6 +82,11 @@ class DropoutGRU(nn.Module):
     def mc_active(self) -> bool:
         return self.weight_dropout_p > 0 or has_active_dropout(self)
 
+    @property
+    def thread_safe_tail(self) -> bool:
+        """Weight dropout swaps the GRU's recurrent matrices in place for each sample (``functional_call``)."""
+        return self.weight_dropout_p == 0
+
     def token_embeddings(self) -> Tensor:
         return self.embedding.weight
 
@@ -114,7 +119,7 @@ class DropoutGRU(nn.Module):
         states, _ = pad_packed_sequence(output, batch_first=True)  # (N, T, F/2)
         steps = torch.arange(states.shape[1], device=states.device)
         valid = (steps[None, :] < lengths.to(states.device)[:, None]).unsqueeze(-1)  # (N, T, 1)
-        maximum = states.masked_fill(~valid, float("-inf")).max(dim=1).values
+        maximum = states.masked_fill(~valid, float("-inf")).amax(dim=1)  # amax: no argmax indices to compute
         mean = states.sum(dim=1) / lengths.to(states.device, states.dtype).unsqueeze(-1)
         return torch.cat([maximum, mean], dim=-1)
 

@@ -57,6 +57,10 @@ class DropoutMLP(nn.Module):
     def mc_active(self) -> bool:
         return has_active_dropout(self)
 
+    @property
+    def thread_safe_tail(self) -> bool:
+        return True
+
     def token_embeddings(self) -> Tensor:
         return self.bag.weight
 
@@ -65,10 +69,12 @@ class DropoutMLP(nn.Module):
 
     @staticmethod
     def make_input(ids: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> ModelInput:
-        lengths = torch.tensor([len(i) for i in ids], dtype=torch.long)
-        offsets = torch.zeros(len(ids), dtype=torch.long)
-        offsets[1:] = lengths.cumsum(0)[:-1]
+        # offsets in Python: two tensors built from lists cost less than the tensor ops that derive one
+        starts = list(itertools.accumulate((len(seq) for seq in ids[:-1]), initial=0)) if ids else []
+        offsets = torch.tensor(starts, dtype=torch.long)
         flat = torch.tensor([t for seq in ids for t in seq], dtype=torch.long)
+        if torch.device(device).type == "cpu":
+            return ModelInput(ids=flat, offsets=offsets)
         return ModelInput(ids=flat.to(device), offsets=offsets.to(device))
 
     def prefix(self, batch: ModelInput) -> Tensor:

@@ -1,14 +1,24 @@
-"""``Prediction``: what the engine answers for one text, before serving rounds it for JSON.
+"""One text's Monte Carlo prediction (:class:`Prediction`), and how a chunk's statistics become predictions.
+
+The engine (:mod:`mcdrop.core.engine`) samples; this module turns the statistics of each input's samples
+(:class:`~mcdrop.core.uncertainty.ArraySummary`) into what a caller reads: the label, the uncertainty fields,
+and with a calibration the novelty, the conformal set and the accept/abstain decision. ``verdicts`` is what
+adaptive sampling (:mod:`mcdrop.core.adaptive`) compares between rounds when a decision is asked for.
 
 prediction.to_dict()   # the fields as a plain dict, as ``mcdrop predict`` and ``/v1/predict`` show them
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mcdrop.core.decisions import Decision
+from mcdrop.core.decisions import Calibration, Decision, DecisionPolicy, score_values
+from mcdrop.core.text import EncodedTexts
+from mcdrop.core.uncertainty import ArraySummary
+
+Decided = tuple[float | None, list[str] | None, Decision | None]  # novelty, conformal set, decision
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,7 @@ class Prediction:
     oov_fraction: float
     n_tokens: int
     n_known_tokens: int
+    n_samples_used: int  # at most n_samples: fewer when adaptive sampling (mc_tolerance > 0) stopped it early
     novelty: float | None = None  # with a calibrated novelty model: share of calibration texts less surprising
     prediction_set: list[str] | None = None  # with a calibration: the conformal set at the policy's coverage
     decision: Decision | None = None  # with a calibration and a policy's max_risk
@@ -44,7 +55,91 @@ class Prediction:
             "oov_fraction": self.oov_fraction,
             "n_tokens": self.n_tokens,
             "n_known_tokens": self.n_known_tokens,
+            "n_samples_used": self.n_samples_used,
             "novelty": self.novelty,
             "prediction_set": self.prediction_set,
             "decision": None if self.decision is None else self.decision.to_dict(),
         }
+
+
+def decide(
+    calibration: Calibration | None,
+    labels: Sequence[str],
+    stats: ArraySummary,
+    inputs: Sequence[int],
+    policies: Sequence[DecisionPolicy],
+    novelty: Sequence[float | None],
+) -> list[Decided]:
+    """Novelty, conformal set and decision of each of ``inputs`` (rows of ``stats``; all ``None`` without a
+    calibration); ``policies`` and ``novelty`` are indexed by input."""
+    if calibration is None:
+        return [(None, None, None)] * len(inputs)
+    chunk_novelty = [novelty[i] for i in inputs]
+    decided = calibration.decide_many(
+        stats.mean.tolist(),
+        stats.entropy.tolist(),
+        stats.mutual_information.tolist(),
+        chunk_novelty,
+        [policies[i] for i in inputs],
+    )
+    return [
+        (v, [labels[c] for c in members], decision)
+        for v, (members, decision) in zip(chunk_novelty, decided, strict=True)
+    ]
+
+
+def verdicts(
+    calibration: Calibration,
+    stats: ArraySummary,
+    inputs: Sequence[int],
+    policies: Sequence[DecisionPolicy],
+    novelty: Sequence[float | None],
+) -> list[Hashable]:
+    """What must not change over a round for an input to stop sampling when some input asks for a decision: its
+    label and its accept/abstain action (``None`` for an input that asks for none)."""
+    top = stats.mean.argmax(axis=-1).tolist()
+    scores = score_values(calibration.score, stats.mean, stats.entropy.tolist(), stats.mutual_information.tolist())
+    out: list[Hashable] = []
+    for j, i in enumerate(inputs):
+        policy = policies[i]
+        decision = None if policy.max_risk is None else calibration.decide(scores[j], novelty[i], policy)
+        out.append((top[j], None if decision is None else decision.action))
+    return out
+
+
+def build_predictions(
+    stats: ArraySummary,
+    labels: Sequence[str],
+    encoded: EncodedTexts,
+    inputs: Sequence[int],
+    n_used: Sequence[int],
+    decided: Sequence[Decided],
+) -> list[Prediction]:
+    """One :class:`Prediction` per row of ``stats``; ``inputs`` are their indices in ``encoded``, ``n_used`` the
+    samples each used."""
+    # One bulk conversion to Python floats: per-element array access costs more than the maths.
+    mean, var, err = (a.tolist() for a in (stats.mean, stats.variance, stats.std_error))
+    top = stats.mean.argmax(axis=-1).tolist()
+    ent, exp_ent, mi, vr = (
+        a.tolist() for a in (stats.entropy, stats.expected_entropy, stats.mutual_information, stats.variation_ratio)
+    )
+    return [
+        Prediction(
+            label=labels[top[j]],
+            probs=dict(zip(labels, mean[j], strict=True)),
+            variance=dict(zip(labels, var[j], strict=True)),
+            entropy=ent[j],
+            expected_entropy=exp_ent[j],
+            mutual_information=mi[j],
+            variation_ratio=vr[j],
+            std_error=dict(zip(labels, err[j], strict=True)),
+            oov_fraction=encoded.oov_fraction(i),
+            n_tokens=encoded.n_tokens[i],
+            n_known_tokens=encoded.n_known_tokens[i],
+            n_samples_used=n_used[j],
+            novelty=decided[j][0],
+            prediction_set=decided[j][1],
+            decision=decided[j][2],
+        )
+        for j, i in enumerate(inputs)
+    ]

@@ -109,19 +109,22 @@ class TextEncoder:
         n_tokens: list[int] = []
         n_known_tokens: list[int] = []
         token_lists: list[list[str]] = []
-        lookup = self.vocab.lookup
+        index, unk = self.vocab.index, Vocabulary.UNK_ID
+        get = index.get
         for text in texts:
             tokens = self.tokens(text)
             token_lists.append(tokens)
-            unigram_ids = [lookup(t) for t in tokens]
-            known = sum(1 for i in unigram_ids if i != Vocabulary.UNK_ID)
+            unigram_ids = [get(t, unk) for t in tokens]
             if self.ngram_max > 1:
-                # n-grams outside the vocabulary carry no signal; keep only known ones.
-                extra = [i for i in (lookup(g) for g in ngrams(tokens, self.ngram_max)) if i != Vocabulary.UNK_ID]
-                unigram_ids = unigram_ids + extra
-            ids.append(unigram_ids)
+                # n-grams outside the vocabulary carry no signal; keep only known ones (bigrams without the
+                # general n-gram loop: they are most of a bag-of-words encoder's time)
+                grams = (a + " " + b for a, b in itertools.pairwise(tokens)) if self.ngram_max == 2 else None
+                found = (get(g) for g in (grams if grams is not None else ngrams(tokens, self.ngram_max)))
+                ids.append(unigram_ids + [i for i in found if i is not None])
+            else:
+                ids.append(unigram_ids)
             n_tokens.append(len(tokens))
-            n_known_tokens.append(known)
+            n_known_tokens.append(len(unigram_ids) - unigram_ids.count(unk))
         return EncodedTexts(ids, n_tokens, n_known_tokens, token_lists)
 
     @classmethod

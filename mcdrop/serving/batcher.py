@@ -5,10 +5,12 @@ every other queued request with the same ``n_samples`` (FIFO) until the merged b
 rows (texts x samples), waiting at most ``max_wait_ms`` after the first one arrived for more to join. The batch is
 one ``engine.predict_many`` call, run on the model's own executor thread (never on the event loop, never behind
 another model's work); each request gets its own slice. The engine derives every request's dropout masks from its
-own seed alone, so a seeded request gets the same answer merged or alone. Requests without a seed share one seed
-drawn for their batch: each answer is reproducible from the seed it reports, and the batch pays for one set of
-masks instead of one per request. Under load no waiting is needed: requests that arrive while the engine is busy
-form the next batch.
+own seed alone, so a seeded request gets the same answer merged or alone. Requests with different ``mc_tolerance``
+merge too: the engine stops each text on its own samples and tolerance (a text of a tolerance-0 request simply runs
+every round), so merging them changes no answer and keeps batches large, where splitting by tolerance would only
+make more, smaller engine calls. Requests without a seed share one seed drawn for their batch: each answer is
+reproducible from the seed it reports, and the batch pays for one set of masks instead of one per request. Under
+load no waiting is needed: requests that arrive while the engine is busy form the next batch.
 
 Overload and deadlines: ``submit`` refuses at once (:class:`~mcdrop.core.errors.Overloaded`) when the queued texts,
 rows or cost units (queued plus running) would pass their limits (:mod:`mcdrop.serving.queue`), before anything
@@ -65,6 +67,7 @@ class EngineLike(Protocol):
         requests: Sequence[tuple[Sequence[str], int]],
         n_samples: int,
         policies: Sequence[DecisionPolicy] | None = None,
+        mc_tolerances: Sequence[float] | None = None,
         deadline: Deadline = None,
     ) -> Sequence[Sequence[Prediction]]: ...
 
@@ -125,6 +128,7 @@ class Batcher:
         timeout_s: float,
         policy: DecisionPolicy = DEFAULT_POLICY,
         cost: int = 0,
+        mc_tolerance: float = 0.0,
     ) -> Ticket:
         """Queue a request that costs ``cost`` units; raises :class:`Overloaded` (nothing queued) or
         :class:`ShuttingDown`."""
@@ -133,7 +137,9 @@ class Batcher:
         self.queue.admit(len(texts), len(texts) * n_samples, cost)
         now = time.perf_counter()
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        ticket = Ticket(texts, n_samples, seed, now + timeout_s, future, now, policy, cost=cost)
+        ticket = Ticket(
+            texts, n_samples, seed, now + timeout_s, future, now, policy, cost=cost, mc_tolerance=mc_tolerance
+        )
         self.queue.push(ticket)
         self._wakeup.set()
         return ticket
@@ -257,10 +263,11 @@ class Batcher:
         seeds = [batch_seed if t.seed is None else t.seed for t in batch]
         requests = [(t.texts, seed) for t, seed in zip(batch, seeds, strict=True)]
         policies = [t.policy for t in batch]
+        tolerances = [t.mc_tolerance for t in batch]
         self.queue.running_cost = sum(t.cost for t in batch)
         try:
             outputs, engine_s = await loop.run_in_executor(
-                self.executor, self._infer, requests, n_samples, policies, self._deadline(batch)
+                self.executor, self._infer, requests, n_samples, policies, tolerances, self._deadline(batch)
             )
         except Exception as error:  # the engine failed or stopped: every request in the batch gets the error
             if isinstance(error, DeadlineExceeded) and time.perf_counter() >= self._stop_at:
@@ -285,11 +292,12 @@ class Batcher:
         requests: list[tuple[Sequence[str], int]],
         n_samples: int,
         policies: list[DecisionPolicy],
+        tolerances: list[float],
         deadline: Deadline,
     ) -> tuple[list[list[PredictionDict]], float]:
         """Executor thread: one engine call, then the JSON-ready dicts and the metrics."""
         start = time.perf_counter()
-        results = self.engine.predict_many(requests, n_samples, policies, deadline=deadline)
+        results = self.engine.predict_many(requests, n_samples, policies, tolerances, deadline=deadline)
         engine_s = time.perf_counter() - start
         for predictions in results:
             for p in predictions:  # NaN would propagate into both; refuse to serve it (the caller answers 500)
@@ -297,9 +305,8 @@ class Batcher:
                     raise FloatingPointError(f"model {self.engine.name} produced a non-finite prediction")
         outputs = [[prediction_dict(p) for p in predictions] for predictions in results]
         if self.metrics is not None:
-            n_texts = sum(len(texts) for texts, _ in requests)
-            self.metrics.observe_batch(n_texts, n_samples, engine_s)
             flat = [p for predictions in results for p in predictions]
+            self.metrics.observe_batch(len(flat), [p.n_samples_used for p in flat], engine_s)
             self.metrics.observe_predictions(
                 (p.entropy for p in flat), (p.mutual_information for p in flat), (p.oov_fraction for p in flat)
             )

@@ -55,6 +55,7 @@ def prediction_dict(prediction: Prediction) -> PredictionDict:
         "oov_fraction": prediction.oov_fraction,
         "n_tokens": prediction.n_tokens,
         "n_known_tokens": prediction.n_known_tokens,
+        "n_samples_used": prediction.n_samples_used,
         "novelty": _maybe_round(prediction.novelty),
         "prediction_set": prediction.prediction_set,
         "decision": None if prediction.decision is None else decision_dict(prediction.decision),

@@ -25,6 +25,7 @@ _EXAMPLE_PREDICTION: dict[str, Any] = {
     "oov_fraction": 0.0,
     "n_tokens": 5,
     "n_known_tokens": 5,
+    "n_samples_used": 100,
     "novelty": 0.31,
     "prediction_set": ["positive"],
     "decision": {
@@ -79,6 +80,9 @@ class PredictionOut(BaseModel):
     oov_fraction: float = Field(description="share of tokens outside the vocabulary: the input-novelty signal")
     n_tokens: int = Field(description="tokens in the text")
     n_known_tokens: int = Field(description="tokens the vocabulary knows")
+    n_samples_used: int = Field(
+        description="samples this text got: n_samples, or fewer when mc_tolerance let it stop early"
+    )
     novelty: float | None = Field(
         description="share of calibration texts less surprising than this one under the model's word bigram model "
         "(0 typical .. 1 unlike anything seen); null for a model without calibration"

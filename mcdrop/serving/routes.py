@@ -110,13 +110,16 @@ async def _predict(request: Request, service: Service, body: bytes) -> Response:
     check_limits(parsed, service.limits)
     served = service.resolve(parsed.model)
     policy = service.decision_policy(served, parsed.max_risk, parsed.coverage, parsed.max_novelty)
+    mc_tolerance = service.mc_tolerance(served, parsed.mc_tolerance)
     n_samples = parsed.n_samples or served.default_n_samples
     cost = service.admissible_cost(served, parsed.texts, n_samples)
     parsed_at = time.perf_counter()
     timing.parse_s = parsed_at - timing.start
     remaining_s = settings.request_timeout_s - (parsed_at - timing.start)
     try:
-        ticket = served.batcher.submit(parsed.texts, n_samples, parsed.seed, remaining_s, policy, cost)
+        ticket = served.batcher.submit(
+            parsed.texts, n_samples, parsed.seed, remaining_s, policy, cost, mc_tolerance=mc_tolerance
+        )
     except Overloaded:
         service.metrics.reject(served.engine.name, "overloaded")
         raise

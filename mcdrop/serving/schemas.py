@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 from pydantic_core import ErrorDetails, from_json
 
+from mcdrop.core.adaptive import MC_TOLERANCE_RANGE
 from mcdrop.core.decisions import COVERAGE_RANGE, MAX_RISK_RANGE
 from mcdrop.core.engine import MAX_SEED as MAX_SEED  # the request's seed range is the engine's
 from mcdrop.core.errors import InputError
@@ -77,6 +78,13 @@ class PredictRequest(BaseModel):
         None,
         description="Abstain as 'novel' above this novelty (0..1); the model's limit when omitted (0.99).",
     )
+    mc_tolerance: StrictFloat | StrictInt | None = Field(
+        None,
+        description=f"Adaptive sampling ({MC_TOLERANCE_RANGE[0]:g}..{MC_TOLERANCE_RANGE[1]:g}): n_samples becomes the "
+        "most a text gets; samples come in rounds (10, 20, 40, ...) and a text stops once the standard error of "
+        "every class probability is at most this and its label (and decision) did not change over the last round. "
+        "0: always n_samples. MCDROP_MC_TOLERANCE, else the checkpoint's mc_tolerance, when omitted.",
+    )
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,9 @@ def _range(name: str, limits: Limits | None) -> str | None:
         return f"must be between 1 and {limits.max_n_samples}"
     if name in _DECISION_RANGES:
         low, high = _DECISION_RANGES[name]
+        return f"must be between {low:g} and {high:g}"
+    if name == "mc_tolerance":
+        low, high = MC_TOLERANCE_RANGE
         return f"must be between {low:g} and {high:g}"
     return None
 
@@ -226,6 +237,10 @@ def check_limits(request: PredictRequest, limits: Limits) -> None:
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise InputError(f"seed: {_range('seed', limits)} (got {_number(seed)})")
     check_decision_fields(request.max_risk, request.coverage, request.max_novelty)
+    low, high = MC_TOLERANCE_RANGE
+    tolerance = request.mc_tolerance
+    if tolerance is not None and not low <= tolerance <= high:
+        raise InputError(f"mc_tolerance: must be between {low:g} and {high:g} (got {tolerance:g})")
 
 
 def check_decision_fields(max_risk: float | None, coverage: float | None, max_novelty: float | None) -> None:
@@ -243,6 +258,7 @@ def request_schema(limits: Limits) -> dict[str, Any]:
     fields["texts"].update(minItems=1, maxItems=limits.max_texts_per_request)
     fields["texts"]["items"]["maxLength"] = limits.max_text_chars
     bounds = {"n_samples": (1, limits.max_n_samples), "seed": (0, MAX_SEED), **_DECISION_RANGES}
+    bounds["mc_tolerance"] = MC_TOLERANCE_RANGE
     for name, (low, high) in bounds.items():
         for part in fields[name]["anyOf"]:
             if part.get("type") != "null":

@@ -83,6 +83,14 @@ class Settings(BaseSettings):
     coverage: float = Field(
         default=0.9, ge=0.5, le=0.99, description="Default coverage of the conformal prediction sets."
     )
+    mc_tolerance: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=0.5,
+        description="Default mc_tolerance of a request that gives none: adaptive sampling stops a text once every "
+        "class probability's standard error is at most this (0: always n_samples; unset: each checkpoint's "
+        "mc_tolerance, 0 unless it sets one).",
+    )
     request_timeout_s: float = Field(
         default=30.0, gt=0.0, description="Deadline for a prediction from arrival to answer; past it the answer is 504."
     )

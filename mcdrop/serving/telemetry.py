@@ -41,6 +41,7 @@ _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+_SAMPLES_BUCKETS = (1, 5, 10, 20, 30, 40, 50, 80, 100, 160, 200, 320, 500, 1000)  # adaptive rounds end at 10·2^k
 _ENTROPY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.8, 1.0, 1.5, 2.0, 3.0)
 _MI_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 _NOVELTY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -64,6 +65,7 @@ class ModelMetrics:
     inference_seconds: Histogram
     batch_size: Histogram
     mc_samples: Counter
+    samples_used: Histogram
     queue_depth: Gauge
     entropy: Histogram
     mutual_information: Histogram
@@ -75,10 +77,15 @@ class ModelMetrics:
     novelty: Histogram
     decisions: dict[tuple[str, str], Counter]
 
-    def observe_batch(self, n_texts: int, n_samples: int, seconds: float) -> None:
+    def observe_batch(self, n_texts: int, samples_used: Iterable[int], seconds: float) -> None:
+        """One engine batch: its time, its texts and the samples each text used."""
         self.inference_seconds.observe(seconds)
         self.batch_size.observe(n_texts)
-        self.mc_samples.inc(n_texts * n_samples)
+        total = 0
+        for used in samples_used:
+            self.samples_used.observe(used)
+            total += used
+        self.mc_samples.inc(total)
 
     def observe_predictions(
         self, entropies: Iterable[float], mutual_informations: Iterable[float], oov_fractions: Iterable[float] = ()
@@ -143,6 +150,13 @@ class Metrics:
         )
         self.mc_samples = Counter(
             "mcdrop_mc_samples_total", "Monte Carlo samples computed (texts x samples).", ("model",), registry=registry
+        )
+        self.samples_used = Histogram(
+            "mcdrop_samples_used",
+            "Monte Carlo samples each served prediction used (n_samples, or fewer when mc_tolerance stopped it).",
+            ("model",),
+            buckets=_SAMPLES_BUCKETS,
+            registry=registry,
         )
         self.queue_depth = Gauge("mcdrop_queue_depth", "Texts waiting for the engine.", ("model",), registry=registry)
         self.entropy = Histogram(
@@ -243,6 +257,7 @@ class Metrics:
             inference_seconds=self.inference_seconds.labels(name),
             batch_size=self.batch_size.labels(name),
             mc_samples=self.mc_samples.labels(name),
+            samples_used=self.samples_used.labels(name),
             queue_depth=self.queue_depth.labels(name),
             entropy=self.entropy.labels(name),
             mutual_information=self.mutual_information.labels(name),

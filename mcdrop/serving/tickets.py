@@ -50,6 +50,7 @@ class Ticket:
     policy: DecisionPolicy = field(default_factory=DecisionPolicy)  # what to decide; no effect on sampling
     released: bool = False  # its texts, rows and cost no longer count against the queue limits
     cost: int = 0  # what the engine will pay for it, in cost units (mcdrop.core.cost)
+    mc_tolerance: float = 0.0  # adaptive sampling: when its texts may stop before n_samples (0: never)
 
     @property
     def rows(self) -> int:

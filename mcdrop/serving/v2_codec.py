@@ -22,13 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from mcdrop.core.adaptive import MC_TOLERANCE_RANGE
 from mcdrop.core.errors import InputError
 from mcdrop.serving.schemas import MAX_SEED, Limits, check_decision_fields
 
 HEADER_LENGTH: Final = "Inference-Header-Content-Length"
 INPUT_NAME: Final = "text"
 
-_PARAMETERS: Final = ("n_samples", "seed", "max_risk", "coverage", "max_novelty", "binary_data_output")
+_PARAMETERS: Final = ("n_samples", "seed", "max_risk", "coverage", "max_novelty", "mc_tolerance", "binary_data_output")
 _TOP_LEVEL: Final = ("id", "parameters", "inputs", "outputs", "model_name", "model_version")
 
 
@@ -43,6 +44,7 @@ class InferRequest:
     max_risk: float | None = None
     coverage: float | None = None
     max_novelty: float | None = None
+    mc_tolerance: float | None = None
     outputs: list[str] | None = None
     binary_default: bool = False  # parameter binary_data_output: outputs as raw bytes unless an output says not
     binary: dict[str, bool] = field(default_factory=dict)  # per requested output: its binary_data, when given
@@ -114,11 +116,12 @@ def _parse_parameters(raw: object, limits: Limits) -> dict[str, Any]:
             if not isinstance(value, bool):
                 raise InputError(f"parameters.binary_data_output: must be true or false (got {_show(value)})")
             out["binary_default"] = value
-        elif name == "mc_tolerance":  # refused, not ignored: a client asking for it expects adaptive sampling
-            raise InputError(
-                "parameters.mc_tolerance: not supported: this server always draws n_samples samples (adaptive "
-                "Monte Carlo is not implemented); leave it out"
-            )
+        elif name == "mc_tolerance":
+            tolerance = _number(name, value)
+            low, high = MC_TOLERANCE_RANGE
+            if not low <= tolerance <= high:
+                raise InputError(f"parameters.{name}: must be between {low:g} and {high:g} (got {tolerance:g})")
+            out[name] = tolerance
         else:
             raise InputError(f"parameters.{name}: unknown parameter (known: {', '.join(_PARAMETERS)})")
     try:

@@ -54,6 +54,7 @@ OUTPUTS: Final[dict[str, OutputSpec]] = {
     "oov_fraction": OutputSpec("FP32"),
     "n_tokens": OutputSpec("INT32"),
     "n_known_tokens": OutputSpec("INT32"),
+    "n_samples_used": OutputSpec("INT32"),
     "novelty": OutputSpec("FP32", needs="novelty"),
     "prediction_set": OutputSpec("BOOL", per_class=True, needs="calibration"),
     "decision": OutputSpec("BYTES", needs="decision"),

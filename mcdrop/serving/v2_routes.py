@@ -153,6 +153,7 @@ class _Admitted:
     request: InferRequest
     policy: DecisionPolicy
     n_samples: int
+    mc_tolerance: float
 
 
 def _admit(request: Request, service: Service, served: ServedModel, body: bytes) -> _Admitted:
@@ -160,7 +161,8 @@ def _admit(request: Request, service: Service, served: ServedModel, body: bytes)
     parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), service.limits, _outputs(served))
     policy = service.decision_policy(served, parsed.max_risk, parsed.coverage, parsed.max_novelty)
     check_outputs(parsed.outputs, policy.max_risk is not None)
-    return _Admitted(served, parsed, policy, parsed.n_samples or served.default_n_samples)
+    mc_tolerance = service.mc_tolerance(served, parsed.mc_tolerance)
+    return _Admitted(served, parsed, policy, parsed.n_samples or served.default_n_samples, mc_tolerance)
 
 
 async def _infer(request: Request, service: Service, name: str, version: str | None) -> Response:
@@ -181,7 +183,9 @@ async def _infer(request: Request, service: Service, name: str, version: str | N
     texts, n_samples = admitted.request.texts, admitted.n_samples
     cost = service.admissible_cost(served, texts, n_samples)
     try:
-        ticket = served.batcher.submit(texts, n_samples, admitted.request.seed, remaining_s, admitted.policy, cost)
+        ticket = served.batcher.submit(
+            texts, n_samples, admitted.request.seed, remaining_s, admitted.policy, cost, admitted.mc_tolerance
+        )
     except Overloaded:
         service.metrics.reject(served.engine.name, "overloaded")
         raise

@@ -115,7 +115,8 @@ def test_prediction_over_http(main_server: Server) -> None:
     assert (answer["model"], answer["n_samples"], answer["seed"]) == ("tiny-gru", 10, 3)
     fields = {
         "label", "probs", "variance", "entropy", "expected_entropy", "mutual_information", "variation_ratio",
-        "std_error", "oov_fraction", "n_tokens", "n_known_tokens", "novelty", "prediction_set", "decision",
+        "std_error", "oov_fraction", "n_tokens", "n_known_tokens", "n_samples_used", "novelty", "prediction_set",
+        "decision",
     }  # fmt: skip
     assert all(set(p) == fields for p in answer["predictions"])
     assert answer["predictions"][1]["oov_fraction"] == 1.0

@@ -41,7 +41,7 @@ FLOAT_FIELDS = ("entropy", "expected_entropy", "mutual_information", "variation_
 CLASS_FIELDS = ("probs", "variance", "std_error")
 PLAIN_OUTPUTS = (
     "label, probs, variance, std_error, entropy, expected_entropy, mutual_information, variation_ratio, "
-    "oov_fraction, n_tokens, n_known_tokens"
+    "oov_fraction, n_tokens, n_known_tokens, n_samples_used"
 )
 # Dropout before the recurrence: every sample is a GRU pass, so 8 long texts x 100 samples keep a 2-core CPU busy.
 SLOW_GRU: dict[str, Any] = {"hidden_dim": 64, "embed_dim": 64}
@@ -381,10 +381,9 @@ def infer(model: str = "tiny-mlp", inputs: list[triton.InferInput] | None = None
         (infer(parameters={"n_samples": 0}), "400", "parameters.n_samples: must be between 1 and 1000 (got 0)"),
         (infer(parameters={"max_risk": 0.9}), "400", "parameters.max_risk: must be between 0.01 and 0.5 (got 0.9)"),
         (
-            infer(parameters={"mc_tolerance": 0.01}),
+            infer(parameters={"mc_tolerance": 0.6}),
             "400",
-            "parameters.mc_tolerance: not supported: this server always draws n_samples samples (adaptive Monte "
-            "Carlo is not implemented); leave it out",
+            "parameters.mc_tolerance: must be between 0 and 0.5 (got 0.6)",
         ),
         (
             infer(parameters={"max_risk": 0.1}),

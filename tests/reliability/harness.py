@@ -74,7 +74,7 @@ def percentile(values: list[float], q: float) -> float:
 def _prediction(text: str) -> Prediction:
     half = {"a": 0.5, "b": 0.5}
     zero = {"a": 0.0, "b": 0.0}
-    return Prediction(text, half, zero, 0.69, 0.69, 0.0, 0.0, zero, 0.0, 1, 1)
+    return Prediction(text, half, zero, 0.69, 0.69, 0.0, 0.0, zero, 0.0, 1, 1, 1)
 
 
 class GatedEngine:
@@ -95,6 +95,7 @@ class GatedEngine:
         requests: Sequence[tuple[Sequence[str], int]],
         n_samples: int,
         policies: Sequence[object] | None = None,
+        mc_tolerances: Sequence[float] | None = None,
         deadline: Deadline = None,
     ) -> list[list[Prediction]]:
         self.deadlines.append(deadline() if callable(deadline) else math.nan if deadline is None else deadline)

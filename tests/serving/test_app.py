@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
 import threading
@@ -93,6 +94,32 @@ def test_empty_text_is_predicted_on_no_evidence(client: TestClient) -> None:
     assert (prediction["n_tokens"], prediction["n_known_tokens"], prediction["oov_fraction"]) == (0, 0, 1.0)
 
 
+def test_mc_tolerance_from_the_request_the_server_or_the_checkpoint(model_dir: Path) -> None:
+    body: dict[str, Any] = {"texts": ["a wonderful film", "zzz"], "n_samples": 100, "seed": 2}
+
+    def used(client: TestClient, **extra: Any) -> list[int]:
+        response = client.post("/v1/predict", json={**body, **extra})
+        assert response.status_code == 200, response.text
+        return [p["n_samples_used"] for p in response.json()["predictions"]]
+
+    with _client(model_dir) as client:
+        _wait_ready(client)
+        assert used(client) == [100, 100]  # the checkpoint's default: 0, fixed N
+        assert used(client, mc_tolerance=0.5) == [20, 20]  # the earliest stop: after the second round
+        fixed = client.post("/v1/predict", json=body).json()["predictions"]
+        assert client.post("/v1/predict", json={**body, "mc_tolerance": 0}).json()["predictions"] == fixed
+        metrics = client.get("/metrics").text
+        assert 'mcdrop_samples_used_count{model="tiny-mlp"} 8.0' in metrics
+    with _client(model_dir, mc_tolerance=0.5) as client:
+        _wait_ready(client)
+        assert used(client) == [20, 20]
+        assert used(client, mc_tolerance=0.0) == [100, 100]
+
+
+def test_the_start_up_heap_is_frozen_out_of_the_cyclic_gc(client: TestClient) -> None:
+    assert gc.get_freeze_count() > 10_000  # torch, the models and the app: a full collection skips them
+
+
 def test_one_sample_has_zero_mutual_information(client: TestClient) -> None:
     [prediction] = client.post("/v1/predict", json={"texts": ["great"], "n_samples": 1}).json()["predictions"]
     assert prediction["mutual_information"] == pytest.approx(0.0, abs=1e-6)
@@ -110,7 +137,8 @@ def test_one_sample_has_zero_mutual_information(client: TestClient) -> None:
         (
             {"texts": ["a"], "extra": 1},
             422,
-            "extra: unknown field (expected texts, model, n_samples, seed, max_risk, coverage, max_novelty)",
+            "extra: unknown field (expected texts, model, n_samples, seed, max_risk, coverage, max_novelty, "
+            "mc_tolerance)",
         ),
     ],
 )

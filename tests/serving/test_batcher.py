@@ -23,7 +23,7 @@ from mcdrop.serving.telemetry import Metrics
 from mcdrop.serving.tickets import BatchPolicy, Result
 
 
-def _prediction(text: str, seed: int) -> Prediction:
+def _prediction(text: str, seed: int, n_samples: int) -> Prediction:
     value = float(len(text) + seed)
     return Prediction(
         label=text,
@@ -37,6 +37,7 @@ def _prediction(text: str, seed: int) -> Prediction:
         oov_fraction=0.0,
         n_tokens=1,
         n_known_tokens=1,
+        n_samples_used=n_samples,
     )
 
 
@@ -45,6 +46,7 @@ class FakeEngine:
 
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.calls: list[tuple[list[tuple[list[str], int]], int]] = []
+        self.tolerances: list[list[float]] = []
         self.gate = gate
         self.entered = threading.Event()
 
@@ -57,13 +59,15 @@ class FakeEngine:
         requests: Sequence[tuple[Sequence[str], int]],
         n_samples: int,
         policies: Sequence[object] | None = None,
+        mc_tolerances: Sequence[float] | None = None,
         deadline: object = None,
     ) -> list[list[Prediction]]:
         self.calls.append(([(list(texts), seed) for texts, seed in requests], n_samples))
+        self.tolerances.append(list(mc_tolerances or []))
         self.entered.set()
         if self.gate is not None:
             assert self.gate.wait(10)
-        return [[_prediction(text, seed) for text in texts] for texts, seed in requests]
+        return [[_prediction(text, seed, n_samples) for text in texts] for texts, seed in requests]
 
 
 async def submit_and_wait(
@@ -282,6 +286,7 @@ def test_unexpected_error_fails_only_its_batch(executor: ThreadPoolExecutor, cap
             requests: Sequence[tuple[Sequence[str], int]],
             n_samples: int,
             policies: Sequence[object] | None = None,
+            mc_tolerances: Sequence[float] | None = None,
             deadline: object = None,
         ) -> list[list[Prediction]]:
             results = super().predict_many(requests, n_samples)
@@ -332,6 +337,7 @@ def test_engine_error_reaches_every_request_of_the_batch(executor: ThreadPoolExe
             requests: Sequence[tuple[Sequence[str], int]],
             n_samples: int,
             policies: Sequence[object] | None = None,
+            mc_tolerances: Sequence[float] | None = None,
             deadline: object = None,
         ) -> list[list[Prediction]]:
             raise MemoryError("out of memory")
@@ -365,6 +371,8 @@ def test_batch_metrics_are_recorded(executor: ThreadPoolExecutor) -> None:
     assert value("mcdrop_batch_size_count", {"model": "fake"}) == 1
     assert value("mcdrop_batch_size_sum", {"model": "fake"}) == 3
     assert value("mcdrop_mc_samples_total", {"model": "fake"}) == 21
+    assert value("mcdrop_samples_used_count", {"model": "fake"}) == 3
+    assert value("mcdrop_samples_used_sum", {"model": "fake"}) == 21
     assert value("mcdrop_predictions_total", {"model": "fake"}) == 3
     assert value("mcdrop_high_uncertainty_total", {"model": "fake"}) == 3  # MI 0.1 > 0.05
     assert value("mcdrop_inference_duration_seconds_count", {"model": "fake"}) == 1
@@ -399,6 +407,7 @@ def test_non_finite_predictions_are_refused(executor: ThreadPoolExecutor) -> Non
             requests: Sequence[tuple[Sequence[str], int]],
             n_samples: int,
             policies: Sequence[object] | None = None,
+            mc_tolerances: Sequence[float] | None = None,
             deadline: object = None,
         ) -> list[list[Prediction]]:
             [[prediction]] = super().predict_many(requests, n_samples)
@@ -433,3 +442,23 @@ def test_unseeded_requests_share_the_batch_seed_and_reproduce_alone(
     assert seeded.seed == 5
     for result, (texts, _) in zip((first, second, seeded), requests, strict=True):
         assert_predictions_close(result.predictions, engine.predict(texts, n_samples=12, seed=result.seed))
+
+
+def test_requests_with_different_tolerances_share_one_engine_call(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    engine = FakeEngine(gate)
+
+    async def main() -> None:
+        batcher = Batcher(engine, executor, BatchPolicy())
+        batcher.start()
+        first = batcher.submit(["x"], 10, 0, 10)  # occupies the engine while the others queue
+        await asyncio.to_thread(engine.entered.wait, 10)
+        tickets = [batcher.submit([t], 10, 1, 10, mc_tolerance=tol) for t, tol in (("a", 0.0), ("b", 0.02))]
+        gate.set()
+        for ticket in (first, *tickets):
+            assert await batcher.wait(ticket, 10) is not None
+        await batcher.close()
+
+    asyncio.run(main())
+    assert [len(requests) for requests, _ in engine.calls] == [1, 2]
+    assert engine.tolerances == [[0.0], [0.0, 0.02]]

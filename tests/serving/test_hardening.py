@@ -19,7 +19,7 @@ from mcdrop.serving.app import create_app
 from mcdrop.serving.settings import Settings
 
 JSON = {"content-type": "application/json"}
-UNKNOWN = "unknown field (expected texts, model, n_samples, seed, max_risk, coverage, max_novelty)"
+UNKNOWN = "unknown field (expected texts, model, n_samples, seed, max_risk, coverage, max_novelty, mc_tolerance)"
 
 
 def _client(model_dir: Path, **overrides: Any) -> TestClient:

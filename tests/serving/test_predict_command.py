@@ -23,6 +23,7 @@ FIELDS = {
     "oov_fraction",
     "n_tokens",
     "n_known_tokens",
+    "n_samples_used",
     "novelty",
     "prediction_set",
     "decision",

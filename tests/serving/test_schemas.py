@@ -48,8 +48,11 @@ def test_valid_request_parses() -> None:
         ({"texts": ["a"], "model": 1}, "model: Input should be a valid string"),
         (
             {"texts": ["a"], "nsamples": 5},
-            "nsamples: unknown field (expected texts, model, n_samples, seed, max_risk, coverage, max_novelty)",
+            "nsamples: unknown field (expected texts, model, n_samples, seed, max_risk, coverage, max_novelty, "
+            "mc_tolerance)",
         ),
+        ({"texts": ["a"], "mc_tolerance": -0.01}, "mc_tolerance: must be between 0 and 0.5 (got -0.01)"),
+        ({"texts": ["a"], "mc_tolerance": 0.6}, "mc_tolerance: must be between 0 and 0.5 (got 0.6)"),
         (b"[]", "body: expected a JSON object"),
         (b"", "body: invalid JSON (EOF while parsing a value at line 1 column 0)"),
         (b'{"texts": [', "body: invalid JSON (EOF while parsing a list at line 1 column 11)"),

@@ -12,6 +12,7 @@ CONTRACT = {
     "mcdrop_inference_duration_seconds": {"model"},
     "mcdrop_batch_size": {"model"},
     "mcdrop_mc_samples_total": {"model"},
+    "mcdrop_samples_used": {"model"},
     "mcdrop_queue_depth": {"model"},
     "mcdrop_predictive_entropy": {"model"},
     "mcdrop_mutual_information": {"model"},
@@ -40,7 +41,7 @@ def _metrics() -> Metrics:
     model = metrics.add_model(
         "m", version="3", architecture="gru", dropout_placement="before_recurrence", baseline=BASELINE
     )
-    model.observe_batch(4, 10, 0.01)
+    model.observe_batch(4, [10, 10, 20, 0], 0.01)
     model.observe_predictions([0.1, 0.6], [0.01, 0.2], [0.0, 0.75])
     metrics.observe_request("/v1/predict", "POST", 200, 0.02)
     metrics.reject("m", "overloaded")
@@ -69,6 +70,8 @@ def test_process_and_platform_collectors_are_registered_on_the_injected_registry
 def test_values() -> None:
     value = _metrics().registry.get_sample_value
     assert value("mcdrop_mc_samples_total", {"model": "m"}) == 40
+    assert value("mcdrop_samples_used_count", {"model": "m"}) == 4
+    assert value("mcdrop_samples_used_bucket", {"model": "m", "le": "10.0"}) == 3
     assert value("mcdrop_predictions_total", {"model": "m"}) == 2
     assert value("mcdrop_high_uncertainty_total", {"model": "m"}) == 1
     assert value("mcdrop_uncertainty_baseline", {"model": "m", "statistic": "high_mi_share"}) == 0.05

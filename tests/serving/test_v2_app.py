@@ -110,3 +110,21 @@ def test_the_cost_limit_refuses_v2_infer_as_it_refuses_v1(client: TestClient) ->
     v1 = client.post("/v1/predict", json={"texts": ["great fun"], "n_samples": 20})
     assert v1.status_code == 422 and v1.json()["detail"] == v2.json()["error"]
     assert client.post(INFER, json={**BODY, "parameters": {"n_samples": 10}}).status_code == 200
+
+
+def test_mc_tolerance_over_v2_stops_as_over_v1(client: TestClient) -> None:
+    texts = ["a wonderful film", "zzz"]
+    inputs = [{"name": "text", "datatype": "BYTES", "shape": [2], "data": texts}]
+
+    def used(**parameters: Any) -> list[int]:
+        body = {"inputs": inputs, "parameters": {"n_samples": 100, "seed": 2, **parameters}}
+        response = client.post(INFER, json=body)
+        assert response.status_code == 200, response.text
+        [output] = [o for o in response.json()["outputs"] if o["name"] == "n_samples_used"]
+        assert output["datatype"] == "INT32" and output["shape"] == [2]
+        return list(output["data"])
+
+    assert used() == [100, 100]  # the checkpoint's default: 0, fixed N
+    assert used(mc_tolerance=0.5) == [20, 20]  # the earliest stop, as /v1 answers it
+    v1 = client.post("/v1/predict", json={"texts": texts, "n_samples": 100, "seed": 2, "mc_tolerance": 0.5})
+    assert [p["n_samples_used"] for p in v1.json()["predictions"]] == [20, 20]

@@ -48,6 +48,7 @@ def prediction(label: str = "positive", p: float = 0.75, **extra: Any) -> dict[s
         "oov_fraction": 0.25,
         "n_tokens": 4,
         "n_known_tokens": 3,
+        "n_samples_used": 10,
         "novelty": None,
         "prediction_set": None,
         "decision": None,
@@ -181,17 +182,13 @@ def test_request_rules(raw: bytes, message: str) -> None:
         ("max_novelty", 1.5, "parameters.max_novelty: must be between 0 and 1 (got 1.5)"),
         ("max_novelty", [1], "parameters.max_novelty: must be a number (got list)"),
         ("binary_data_output", 1, "parameters.binary_data_output: must be true or false (got 1)"),
-        (
-            "mc_tolerance",
-            0.01,
-            "parameters.mc_tolerance: not supported: this server always draws n_samples samples (adaptive Monte Carlo "
-            "is not implemented); leave it out",
-        ),
+        ("mc_tolerance", 0.6, "parameters.mc_tolerance: must be between 0 and 0.5 (got 0.6)"),
+        ("mc_tolerance", "0.01", 'parameters.mc_tolerance: must be a number (got "0.01")'),
         (
             "priority",
             1,
             "parameters.priority: unknown parameter (known: n_samples, seed, max_risk, coverage, max_novelty, "
-            "binary_data_output)",
+            "mc_tolerance, binary_data_output)",
         ),
     ],
 )

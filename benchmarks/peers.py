@@ -1,0 +1,167 @@
+"""The shipped models as plain torch modules, and the MC dropout libraries a user would reach for without mcdrop.
+
+``PlainMLP`` and ``PlainGRU`` compute exactly what :class:`~mcdrop.core.mlp.DropoutMLP` and
+:class:`~mcdrop.core.gru.DropoutGRU` compute, with ``nn.Dropout`` layers (switched on the way each library
+switches dropout on) instead of mcdrop's samplers, and take one padded id tensor ``(B, L)`` as their only input,
+as those libraries expect. ``peer_runners`` returns, per library, a function ``(ids, n_samples) -> probabilities
+(n_samples, B, C)``:
+
+* ``baal``: ``patch_module`` + ``ModelWrapper.predict_on_batch`` (the input replicated N times in memory),
+* ``torch-uncertainty``: ``mc_dropout(..., on_batch=True)``, loaded from its module file (the package's
+  ``__init__`` needs lightning, which the wrapper itself does not),
+* ``loop``: N forward passes with the dropout layers in training mode.
+
+Used by ``benchmarks/bench_peers.py`` and ``benchmarks/bench_litserve.py``; needs ``pip install -e '.[bench]'``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from mcdrop.core.checkpoint import Checkpoint
+from mcdrop.core.gru import DropoutGRU
+from mcdrop.core.mlp import DropoutMLP
+
+Runner = Callable[[Tensor, int], Tensor]
+
+
+class PlainMLP(nn.Module):
+    """Bag-of-words MLP: mean of the (non-padding) token embeddings + bias → ReLU → [Dropout → Linear → ReLU]* →
+    Dropout → Linear."""
+
+    def __init__(self, source: DropoutMLP) -> None:
+        super().__init__()
+        self.bag = copy.deepcopy(source.bag)
+        self.bag_bias = nn.Parameter(source.bag_bias.detach().clone())
+        self.dropouts = nn.ModuleList(nn.Dropout(d.p) for d in source.dropouts)
+        self.hidden = copy.deepcopy(source.hidden)
+        self.classifier = copy.deepcopy(source.classifier)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = torch.relu(self.bag(ids) + self.bag_bias)  # a 2-D input: padding_idx 0 is left out of each mean
+        for dropout, linear in zip(self.dropouts, self.hidden, strict=False):
+            x = torch.relu(linear(dropout(x)))
+        logits: Tensor = self.classifier(self.dropouts[-1](x))
+        return logits
+
+
+class PlainGRU(nn.Module):
+    """Embedding → locked dropout (one ``nn.Dropout`` mask per text, the same at every step) → packed GRU →
+    max + mean pooling → Dropout → Linear."""
+
+    def __init__(self, source: DropoutGRU) -> None:
+        super().__init__()
+        if source.word_dropout.p or source.weight_dropout_p:
+            raise ValueError("the plain GRU covers input and output dropout only")
+        self.embedding = copy.deepcopy(source.embedding)
+        self.input_dropout = nn.Dropout(source.input_dropout.p)
+        self.gru = copy.deepcopy(source.gru)
+        self.output_dropout = nn.Dropout(source.output_dropout.p)
+        self.classifier = copy.deepcopy(source.classifier)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        lengths = (ids != 0).sum(dim=1).clamp_min(1)
+        x = self.embedding(ids)
+        x = x * self.input_dropout(x.new_ones(x.shape[0], 1, x.shape[2]))  # locked: one mask per text
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        states, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True)
+        valid = (torch.arange(states.shape[1])[None, :] < lengths[:, None]).unsqueeze(-1)
+        pooled = torch.cat(
+            [states.masked_fill(~valid, float("-inf")).amax(dim=1), states.sum(dim=1) / lengths[:, None]], -1
+        )
+        logits: Tensor = self.classifier(self.output_dropout(pooled))
+        return logits
+
+
+def plain_model(checkpoint: Checkpoint) -> nn.Module:
+    model = checkpoint.model
+    if isinstance(model, DropoutMLP):
+        return PlainMLP(model).eval()
+    if isinstance(model, DropoutGRU):
+        return PlainGRU(model).eval()
+    raise TypeError(f"no plain counterpart for {type(model).__name__}")
+
+
+def padded_ids(checkpoint: Checkpoint, texts: Sequence[str]) -> Tensor:
+    """The checkpoint's token ids of ``texts``, padded with 0 to the longest: ``(B, L)``."""
+    ids = checkpoint.encoder.encode(texts).ids
+    out = torch.zeros(len(ids), max(1, *(len(i) for i in ids)), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        out[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return out
+
+
+def check_equivalent(checkpoint: Checkpoint, plain: nn.Module, texts: Sequence[str]) -> float:
+    """Largest difference between the plain module's and mcdrop's deterministic logits (dropout off)."""
+    batch = checkpoint.model.make_input(checkpoint.encoder.encode(texts).ids)
+    with torch.inference_mode():
+        return float((plain.eval()(padded_ids(checkpoint, texts)) - checkpoint.model(batch)).abs().max())
+
+
+def load_module_file(package: str, relative: str, name: str) -> ModuleType:
+    """One module of an installed package, without running the package's ``__init__``."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.submodule_search_locations is None:
+        raise ModuleNotFoundError(f"{package} is not installed: pip install -e '.[bench]'")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def baal_runner(plain: nn.Module, temperature: float) -> Runner:
+    from baal.bayesian.dropout import patch_module
+    from baal.modelwrapper import ModelWrapper, TrainingArgs
+
+    wrapper = ModelWrapper(patch_module(copy.deepcopy(plain)).eval(), TrainingArgs(replicate_in_memory=True))
+
+    def run(ids: Tensor, n_samples: int) -> Tensor:
+        logits = wrapper.predict_on_batch(ids, iterations=n_samples)  # (B, C, N)
+        return torch.softmax(logits.permute(2, 0, 1) / temperature, dim=-1)
+
+    return run
+
+
+def torch_uncertainty_runner(plain: nn.Module, temperature: float) -> Runner:
+    module = load_module_file("torch_uncertainty", "methods/mc_dropout.py", "tu_mc_dropout")
+    wrappers: dict[int, nn.Module] = {}
+
+    def run(ids: Tensor, n_samples: int) -> Tensor:
+        if n_samples not in wrappers:
+            wrappers[n_samples] = module.mc_dropout(copy.deepcopy(plain), num_estimators=n_samples).eval()
+        with torch.no_grad():
+            logits = wrappers[n_samples](ids)  # (N * B, C), sample-major
+        return torch.softmax(logits.view(n_samples, ids.shape[0], -1) / temperature, dim=-1)
+
+    return run
+
+
+def loop_runner(plain: nn.Module, temperature: float) -> Runner:
+    model = copy.deepcopy(plain).eval()
+    for layer in model.modules():
+        if isinstance(layer, nn.Dropout):
+            layer.train()
+
+    def run(ids: Tensor, n_samples: int) -> Tensor:
+        with torch.no_grad():
+            return torch.stack([torch.softmax(model(ids) / temperature, dim=-1) for _ in range(n_samples)])
+
+    return run
+
+
+def peer_runners(plain: nn.Module, temperature: float) -> dict[str, Runner]:
+    return {
+        "baal": baal_runner(plain, temperature),
+        "torch-uncertainty": torch_uncertainty_runner(plain, temperature),
+        "loop": loop_runner(plain, temperature),
+    }

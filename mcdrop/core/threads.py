@@ -1,0 +1,56 @@
+"""How the engine uses the CPU's threads: one intra-op thread per chunk of inputs, chunks spread over threads.
+
+torch splits an op over its intra-op threads, which then wait for each other at its end. The engine's ops are
+many and small (a few thousand numbers each), so those waits dominate, and on a machine whose other cores are
+busy each wait can last a scheduler slice: a softmax over a (30, 1, 2) tensor took 7-11 ms on two threads while
+another process held the second core, 0.02 ms on one. So on the CPU every chunk of an engine call runs on one
+intra-op thread, and when the caller allows several torch threads the chunks run side by side, one per thread,
+with no wait between ops (torch releases the GIL inside each op).
+
+    runner = ChunkRunner()
+    results = runner.map(predict_chunk, chunks, parallel=model.thread_safe_tail)  # in chunk order
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+class ChunkRunner:
+    """Maps a function over chunks with one intra-op thread each, on up to the caller's torch thread count."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None  # made on the first call that has several threads
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def map(self, fn: Callable[[list[int]], T], chunks: list[list[int]], parallel: bool = True) -> list[T]:
+        """``fn`` over ``chunks``, in order; ``parallel=False`` runs them one after another on this thread."""
+        threads = torch.get_num_threads()
+        if threads == 1 or not parallel:
+            return [fn(chunk) for chunk in chunks]
+        torch.set_num_threads(1)  # per calling thread, like the workers' own setting
+        try:
+            if len(chunks) == 1:
+                return [fn(chunks[0])]
+            return list(self._workers(threads).map(fn, chunks))
+        finally:
+            torch.set_num_threads(threads)
+
+    def _workers(self, threads: int) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._size != threads:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False)
+                self._pool = ThreadPoolExecutor(
+                    threads, thread_name_prefix="mcdrop-chunk", initializer=torch.set_num_threads, initargs=(1,)
+                )
+                self._size = threads
+            return self._pool
