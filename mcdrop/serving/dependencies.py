@@ -20,9 +20,12 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Receive
 
+from mcdrop.core.decisions import DecisionPolicy
+from mcdrop.core.errors import DeadlineExceeded, Overloaded
 from mcdrop.serving.errors import RETRY_AFTER_LOADING_S
-from mcdrop.serving.registry import Service
+from mcdrop.serving.registry import ServedModel, Service
 from mcdrop.serving.schemas import shorten
+from mcdrop.serving.tickets import Result, Ticket
 
 _bearer = HTTPBearer(auto_error=False, description="Needed when the server runs with MCDROP_API_KEYS.")
 
@@ -116,3 +119,31 @@ async def disconnected(receive: Receive) -> None:
     """Returns once the client has gone (or the response is complete): the ``gone`` of ``Batcher.wait``."""
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def run_prediction(
+    request: Request,
+    service: Service,
+    served: ServedModel,
+    texts: list[str],
+    n_samples: int,
+    seed: int | None,
+    timeout_s: float,
+    policy: DecisionPolicy,
+    cost: int,
+    mc_tolerance: float,
+) -> tuple[Ticket, Result | None]:
+    """Queue a prediction and wait for it, as both APIs do: overload counted and re-raised (503), the deadline
+    answered 504, and ``None`` for the result when the client went away first."""
+    try:
+        ticket = served.batcher.submit(texts, n_samples, seed, timeout_s, policy, cost, mc_tolerance=mc_tolerance)
+    except Overloaded:
+        service.metrics.reject(served.engine.name, "overloaded")
+        raise
+    try:
+        result = await served.batcher.wait(ticket, timeout_s, disconnected(request.receive))
+    except (TimeoutError, DeadlineExceeded):  # waited past the deadline, or the engine stopped at it
+        service.metrics.reject(served.engine.name, "timeout")
+        deadline_s = service.settings.request_timeout_s
+        raise HTTPException(504, f"deadline exceeded: no answer within {deadline_s:g}s") from None
+    return ticket, result

@@ -15,21 +15,20 @@ import logging
 import time
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import to_json
 from starlette.requests import ClientDisconnect
 
-from mcdrop.core.errors import DeadlineExceeded, Overloaded
 from mcdrop.serving.context import TIMING_KEY, RequestTiming, request_id_var
 from mcdrop.serving.dependencies import (
     AnyService,
     Authorized,
     ReadyService,
     check_media_type,
-    disconnected,
     read_body,
+    run_prediction,
 )
 from mcdrop.serving.errors import RETRY_AFTER_LOADING_S
 from mcdrop.serving.presentation import model_description
@@ -116,18 +115,9 @@ async def _predict(request: Request, service: Service, body: bytes) -> Response:
     parsed_at = time.perf_counter()
     timing.parse_s = parsed_at - timing.start
     remaining_s = settings.request_timeout_s - (parsed_at - timing.start)
-    try:
-        ticket = served.batcher.submit(
-            parsed.texts, n_samples, parsed.seed, remaining_s, policy, cost, mc_tolerance=mc_tolerance
-        )
-    except Overloaded:
-        service.metrics.reject(served.engine.name, "overloaded")
-        raise
-    try:
-        result = await served.batcher.wait(ticket, remaining_s, disconnected(request.receive))
-    except (TimeoutError, DeadlineExceeded):  # waited past the deadline, or the engine stopped at it
-        service.metrics.reject(served.engine.name, "timeout")
-        raise HTTPException(504, f"deadline exceeded: no answer within {settings.request_timeout_s:g}s") from None
+    ticket, result = await run_prediction(
+        request, service, served, parsed.texts, n_samples, parsed.seed, remaining_s, policy, cost, mc_tolerance
+    )
     if result is None:
         return Response(status_code=499)  # nobody is listening; counted as a 4xx
     answered = time.perf_counter()

@@ -20,9 +20,9 @@ from starlette.requests import ClientDisconnect
 
 from mcdrop import __version__
 from mcdrop.core.decisions import DecisionPolicy
-from mcdrop.core.errors import DeadlineExceeded, ModelNotFound, Overloaded
+from mcdrop.core.errors import ModelNotFound
 from mcdrop.serving.context import TIMING_KEY, RequestTiming, request_id_var
-from mcdrop.serving.dependencies import AnyService, Authorized, ReadyService, disconnected, not_ready, read_body
+from mcdrop.serving.dependencies import AnyService, Authorized, ReadyService, not_ready, read_body, run_prediction
 from mcdrop.serving.registry import ServedModel, Service
 from mcdrop.serving.tickets import Result, Ticket
 from mcdrop.serving.v2_codec import HEADER_LENGTH, InferRequest, parse_infer_request
@@ -182,18 +182,10 @@ async def _infer(request: Request, service: Service, name: str, version: str | N
     remaining_s = settings.request_timeout_s - (parsed_at - timing.start)
     texts, n_samples = admitted.request.texts, admitted.n_samples
     cost = service.admissible_cost(served, texts, n_samples)
-    try:
-        ticket = served.batcher.submit(
-            texts, n_samples, admitted.request.seed, remaining_s, admitted.policy, cost, admitted.mc_tolerance
-        )
-    except Overloaded:
-        service.metrics.reject(served.engine.name, "overloaded")
-        raise
-    try:
-        result = await served.batcher.wait(ticket, remaining_s, disconnected(request.receive))
-    except (TimeoutError, DeadlineExceeded):  # waited past the deadline, or the engine stopped at it
-        service.metrics.reject(served.engine.name, "timeout")
-        raise HTTPException(504, f"deadline exceeded: no answer within {settings.request_timeout_s:g}s") from None
+    ticket, result = await run_prediction(
+        request, service, served, texts, n_samples, admitted.request.seed, remaining_s, admitted.policy, cost,
+        admitted.mc_tolerance,
+    )  # fmt: skip
     if result is None:
         return Response(status_code=499)  # nobody is listening; counted as a 4xx
     return _respond(admitted, ticket, result, timing)
