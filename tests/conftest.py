@@ -41,6 +41,7 @@ def write_tiny_checkpoint(
     labels: Sequence[str] = ("negative", "positive"),
     seed: int = 0,
     calibrated: bool = False,
+    ensemble_size: int = 1,
     **model_params: Any,
 ) -> Path:
     """Write a small checkpoint to ``directory / name`` and return its path; with ``calibrated``, also a
@@ -50,7 +51,7 @@ def write_tiny_checkpoint(
     encoder = TextEncoder.fit(
         TINY_CORPUS, max_size=200, ngram_max=2 if architecture == "mlp" else 1, max_tokens=params.get("max_tokens", 32)
     )
-    model = build_model(architecture, len(encoder.vocab), len(labels), params)
+    model = build_model(architecture, len(encoder.vocab), len(labels), params, ensemble_size)
     config = {
         "name": name,
         "version": "test-1",

@@ -33,6 +33,7 @@ from mcdrop.core.checkpoint_checks import (
 )
 from mcdrop.core.contract import MCModel
 from mcdrop.core.decisions import Calibration
+from mcdrop.core.ensemble import DropoutEnsemble
 from mcdrop.core.errors import CheckpointError, ConfigError
 from mcdrop.core.novelty import NgramLanguageModel
 from mcdrop.core.registry import MODEL_CLASSES, build_model
@@ -111,6 +112,7 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "architecture": model.architecture,
         "dropout_placement": model.dropout_placement,
+        "ensemble_size": model.size if isinstance(model, DropoutEnsemble) else 1,
         "default_n_samples": DEFAULT_N_SAMPLES,
         "temperature": DEFAULT_TEMPERATURE,
         **config,
@@ -158,7 +160,13 @@ def load_checkpoint(directory: str | os.PathLike[str], device: str = "cpu") -> C
     validate_config(config, path / CONFIG_FILE)
     encoder = TextEncoder.from_json(_read_json(path / VOCAB_FILE), source=str(path / VOCAB_FILE))
     try:
-        model = build_model(config["architecture"], len(encoder.vocab), len(config["labels"]), config["model_params"])
+        model = build_model(
+            config["architecture"],
+            len(encoder.vocab),
+            len(config["labels"]),
+            config["model_params"],
+            config.get("ensemble_size", 1),
+        )
     except ConfigError as error:
         raise CheckpointError(f"{path / CONFIG_FILE}: {error}") from error
     problem = model.check_encoder(encoder.ngram_max, encoder.max_tokens)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from mcdrop.core.ensemble import MAX_MEMBERS
 from mcdrop.core.errors import CheckpointError
 from mcdrop.core.registry import MODEL_CLASSES, check_params, is_int, is_number, short
 
@@ -57,6 +58,7 @@ def _scalar_problems(config: Mapping[str, Any]) -> list[str | None]:
     temperature = config.get("temperature", DEFAULT_TEMPERATURE)
     tolerance = config.get("mc_tolerance", DEFAULT_MC_TOLERANCE)
     placement = config.get("dropout_placement", "")
+    members = config.get("ensemble_size", 1)
     return [
         _name_problem(config["name"]),
         None
@@ -76,6 +78,9 @@ def _scalar_problems(config: Mapping[str, Any]) -> list[str | None]:
         if is_number(tolerance) and tolerance >= 0
         else f"mc_tolerance must be a number >= 0 (got {short(tolerance)})",
         None if isinstance(placement, str) else f"dropout_placement must be a string (got {short(placement)})",
+        None
+        if is_int(members) and 1 <= members <= MAX_MEMBERS
+        else f"ensemble_size must be an integer in [1, {MAX_MEMBERS}] (got {short(members)})",
     ]
 
 

@@ -91,8 +91,12 @@ class MaskSampler:
     @property
     def samples_in_pass(self) -> int:
         """Number of samples ``S`` in the current pass (the leading dimension of every mask)."""
-        start, stop, _ = self._samples.indices(self.n_samples)
-        return stop - start
+        return len(range(*self._samples.indices(self.n_samples)))
+
+    @property
+    def pass_samples(self) -> slice:
+        """The sample range of the current pass (an ensemble splits it among its members, with a step)."""
+        return self._samples
 
     def start_pass(self, samples: slice | None = None) -> None:
         """Begin a forward pass over the sample range ``samples`` (all samples by default)."""

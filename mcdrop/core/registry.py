@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mcdrop.core.contract import MCModel
+from mcdrop.core.ensemble import MAX_MEMBERS, DropoutEnsemble
 from mcdrop.core.errors import ConfigError
 from mcdrop.core.gru import DropoutGRU
 from mcdrop.core.mlp import DropoutMLP
@@ -81,14 +82,20 @@ def check_params(architecture: str, params: dict[str, Any]) -> str | None:
     return None
 
 
-def build_model(architecture: str, vocab_size: int, n_classes: int, params: dict[str, Any]) -> MCModel:
-    """Instantiate a model from its checkpoint description."""
+def build_model(
+    architecture: str, vocab_size: int, n_classes: int, params: dict[str, Any], ensemble_size: int = 1
+) -> MCModel:
+    """Instantiate a model from its checkpoint description: one network, or ``ensemble_size`` members of the same
+    configuration behind :class:`~mcdrop.core.ensemble.DropoutEnsemble`."""
     if not isinstance(architecture, str) or architecture not in MODEL_CLASSES:
         raise ConfigError(f"unknown architecture {architecture!r}: choose one of {sorted(MODEL_CLASSES)}")
     if n_classes < 2:
         raise ConfigError(f"a classifier needs at least two labels (got {n_classes})")
+    if not is_int(ensemble_size) or not 1 <= ensemble_size <= MAX_MEMBERS:
+        raise ConfigError(f"ensemble_size must be an integer in [1, {MAX_MEMBERS}] (got {short(ensemble_size)})")
     try:
-        return MODEL_CLASSES[architecture](vocab_size, n_classes, **params)
+        members = [MODEL_CLASSES[architecture](vocab_size, n_classes, **params) for _ in range(ensemble_size)]
+        return members[0] if ensemble_size == 1 else DropoutEnsemble(members)
     except (TypeError, ValueError, RuntimeError) as error:  # unknown names, negative or zero sizes
         # torch's messages may span lines; a log line and a CLI error are one line
         raise ConfigError(f"invalid {architecture} parameters: {' '.join(str(error).split())}") from error

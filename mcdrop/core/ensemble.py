@@ -1,0 +1,106 @@
+"""An ensemble of independently trained dropout members that costs what one member's samples cost.
+
+Deep ensembles keep their calibration under distribution shift better than any single network; Monte Carlo dropout
+adds the spread within each member. Here the two share one sample budget: of ``N`` samples, sample ``s`` comes from
+member ``s mod K``, so the ``N`` samples are spread evenly over the ``K`` members (any first ``n`` of them too, which
+adaptive sampling relies on) and cost about what ``N`` samples of one member cost; only the deterministic prefix
+runs once per member. Every sample is one draw from the ensemble's predictive distribution, so the uncertainty
+maths treat all ``N`` alike.
+
+Sample ``s`` of member ``k`` uses the dropout masks a single model would use for its sample ``s`` (the sampler's
+masks depend on seed, layer and sample index only), so seeded answers stay reproducible and independent of batch
+partners. Without a sampler (a deterministic pass) the ensemble answers the log of its members' mean probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from mcdrop.core.contract import MCModel, ModelInput
+from mcdrop.core.dropout import MaskSampler
+from mcdrop.core.errors import ConfigError
+
+MAX_MEMBERS = 16
+
+
+class DropoutEnsemble(nn.Module):
+    """``K`` members of one architecture and configuration behind the :class:`~mcdrop.core.contract.MCModel`
+    contract; its weights are the members' under ``members.<k>.``."""
+
+    def __init__(self, members: Sequence[MCModel]) -> None:
+        super().__init__()
+        if not 2 <= len(members) <= MAX_MEMBERS:
+            raise ConfigError(f"an ensemble needs 2 to {MAX_MEMBERS} members (got {len(members)})")
+        if len({m.architecture for m in members}) != 1:
+            raise ConfigError("ensemble members must share one architecture")
+        self.members = nn.ModuleList(cast(nn.Module, m) for m in members)
+        self._members = list(members)
+        self.architecture = members[0].architecture
+
+    @property
+    def size(self) -> int:
+        return len(self._members)
+
+    @property
+    def dropout_placement(self) -> str:
+        return self._members[0].dropout_placement
+
+    @property
+    def stochastic_recurrence(self) -> bool:
+        return self._members[0].stochastic_recurrence
+
+    @property
+    def mc_active(self) -> bool:
+        return all(m.mc_active for m in self._members)
+
+    @property
+    def thread_safe_tail(self) -> bool:
+        return all(m.thread_safe_tail for m in self._members)
+
+    def token_embeddings(self) -> Tensor:
+        return self._members[0].token_embeddings()
+
+    def check_encoder(self, ngram_max: int, max_tokens: int) -> str | None:
+        return self._members[0].check_encoder(ngram_max, max_tokens)
+
+    def make_input(self, ids: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> ModelInput:
+        return self._members[0].make_input(ids, device)
+
+    def prefix(self, batch: ModelInput) -> tuple[Any, ...]:
+        """Each member's prefix result, in member order."""
+        return tuple(member.prefix(batch) for member in self._members)
+
+    def stochastic_tail(self, state: tuple[Any, ...], sampler: MaskSampler | None = None) -> Tensor:
+        """Logits ``(S, B, C)`` with sample ``s`` from member ``s mod K``; log mean probabilities without a
+        sampler."""
+        if sampler is None:
+            probs = [
+                torch.softmax(m.stochastic_tail(part).float(), dim=-1)
+                for m, part in zip(self._members, state, strict=True)
+            ]
+            return torch.stack(probs).mean(0).clamp_min(1e-12).log()
+        window = sampler.pass_samples
+        start, stop, _ = window.indices(sampler.n_samples)
+        size = self.size
+        out: Tensor | None = None
+        try:
+            for k, (member, part) in enumerate(zip(self._members, state, strict=True)):
+                first = start + (k - start) % size  # this member's first sample index in [start, stop)
+                if first >= stop:
+                    continue
+                sampler.start_pass(slice(first, stop, size))
+                logits = member.stochastic_tail(part, sampler)
+                if out is None:
+                    out = logits.new_empty(stop - start, *logits.shape[1:])
+                out[first - start :: size] = logits
+        finally:
+            sampler.start_pass(window)
+        assert out is not None  # the window holds at least one sample, so some member ran
+        return out
+
+    def forward(self, batch: ModelInput) -> Tensor:
+        return self.stochastic_tail(self.prefix(batch))
