@@ -5,6 +5,10 @@ Embedding → word/locked dropout → GRU → max+mean pooling → dropout → L
 Where the dropout sits is a trade-off the checkpoint reports as ``dropout_placement``: before the recurrence, N
 samples cost ~N GRU passes on a CPU; only after it, ~1 pass (the GRU is then part of the deterministic prefix), but
 the samples see the same recurrent features and the uncertainty is poorer.
+
+With ``prior_dim`` > 0 each step's input also carries the token's row of a fixed ``token_prior`` table (a buffer:
+stored with the weights, never trained, never dropped): word knowledge from outside the training corpus (see
+:mod:`mcdrop.training.lexicon`).
 """
 
 from __future__ import annotations
@@ -38,9 +42,13 @@ class DropoutGRU(nn.Module):
             weights, so N samples cost N GRU passes on any device.
         output_dropout_p: dropout on the pooled features before the classifier.
         max_tokens: longest token sequence accepted (the encoder's ``max_tokens``).
+        prior_dim: width of the fixed per-token prior features appended to each step's input (0: none).
+        token_dropout_p: drop whole token embeddings during training only (never the prior, never in Monte Carlo
+            or eval passes), so the model learns to read the prior for words it lacks.
     """
 
     architecture = "gru"
+    token_prior: Tensor  # (vocab, prior_dim) buffer, present when prior_dim > 0
 
     def __init__(
         self,
@@ -55,6 +63,8 @@ class DropoutGRU(nn.Module):
         weight_dropout_p: float = 0.0,
         output_dropout_p: float = 0.5,
         max_tokens: int = 256,
+        prior_dim: int = 0,
+        token_dropout_p: float = 0.0,
     ) -> None:
         super().__init__()
         if num_layers not in (1, 2):
@@ -62,7 +72,13 @@ class DropoutGRU(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.word_dropout = WordDropout(check_probability("word_dropout_p", word_dropout_p), max_tokens)
         self.input_dropout = MCDropout(check_probability("input_dropout_p", input_dropout_p), shared_axes=(0,))
-        self.gru = nn.GRU(embed_dim, hidden_dim, num_layers, batch_first=True, bidirectional=bidirectional)
+        if prior_dim < 0:
+            raise ConfigError(f"prior_dim must be at least 0 (got {prior_dim})")
+        self.prior_dim = prior_dim
+        self.token_dropout_p = check_probability("token_dropout_p", token_dropout_p)
+        if prior_dim:
+            self.register_buffer("token_prior", torch.zeros(vocab_size, prior_dim))
+        self.gru = nn.GRU(embed_dim + prior_dim, hidden_dim, num_layers, batch_first=True, bidirectional=bidirectional)
         self.weight_dropout_p = check_probability("weight_dropout_p", weight_dropout_p)
         self.output_dropout = MCDropout(check_probability("output_dropout_p", output_dropout_p))
         n_directions = 2 if bidirectional else 1
@@ -129,28 +145,42 @@ class DropoutGRU(nn.Module):
             weights[name] = weights[name] * mask
         return weights
 
-    def prefix(self, batch: ModelInput) -> tuple[Tensor, Tensor]:
-        """Embeddings ``(B, T, E)`` when the recurrence is stochastic, else pooled GRU features ``(B, F)``."""
+    def _with_prior(self, x: Tensor, prior: Tensor | None) -> Tensor:
+        """Each step's (possibly dropped) embedding with the token's fixed prior features: ``(..., T, E + P)``."""
+        if prior is None:
+            return x
+        return torch.cat([x, prior.expand(*x.shape[:-1], prior.shape[-1])], dim=-1)
+
+    def prefix(self, batch: ModelInput) -> tuple[Tensor, ...]:
+        """Embeddings ``(B, T, E)`` (and prior features ``(B, T, P)``) when the recurrence is stochastic, else
+        pooled GRU features ``(B, F)``; the lengths last."""
         if batch.lengths is None:
             raise ValueError("DropoutGRU needs a sequence batch: build it with DropoutGRU.make_input")
         embedded = self.embedding(batch.ids)
+        prior = nn.functional.embedding(batch.ids, self.token_prior) if self.prior_dim else None
         if self.stochastic_recurrence:
-            return embedded, batch.lengths
-        return self._recurrence(embedded, batch.lengths), batch.lengths
+            return (embedded, batch.lengths) if prior is None else (embedded, prior, batch.lengths)
+        return self._recurrence(self._with_prior(embedded, prior), batch.lengths), batch.lengths
 
-    def stochastic_tail(self, state: tuple[Tensor, Tensor], sampler: MaskSampler | None = None) -> Tensor:
+    def stochastic_tail(self, state: tuple[Tensor, ...], sampler: MaskSampler | None = None) -> Tensor:
         """Logits ``(B, C)``, or ``(S, B, C)`` with a sampler."""
-        h, lengths = state
+        h, lengths = state[0], state[-1]
         if self.stochastic_recurrence:
-            h = self._stochastic_recurrence(h, lengths, sampler)
+            prior = state[1] if len(state) == 3 else None
+            h = self._stochastic_recurrence(h, prior, lengths, sampler)
         else:
             h = expand_samples(h, sampler)
         logits: Tensor = self.classifier(self.output_dropout(h, sampler))
         return logits
 
-    def _stochastic_recurrence(self, embedded: Tensor, lengths: Tensor, sampler: MaskSampler | None) -> Tensor:
+    def _stochastic_recurrence(
+        self, embedded: Tensor, prior: Tensor | None, lengths: Tensor, sampler: MaskSampler | None
+    ) -> Tensor:
         x = expand_samples(embedded, sampler)  # (S, B, T, E) or (B, T, E)
         x = self.input_dropout(self.word_dropout(x, sampler), sampler)
+        if sampler is None and self.training and self.token_dropout_p > 0:
+            x = x * inverted_dropout_mask((*x.shape[:-1], 1), self.token_dropout_p, device=x.device)
+        x = self._with_prior(x, prior)
         if sampler is None:
             weights = None
             if self.training and self.weight_dropout_p > 0:

@@ -1,7 +1,10 @@
 """Bag-of-words MLP with Monte Carlo dropout: ``EmbeddingBag`` (mean) → [dropout → Linear → ReLU]* → dropout → Linear.
 
 The vocabulary-sized ``EmbeddingBag`` is the deterministic prefix, run once per input; only the small head is
-sampled, so N samples cost little more than one pass.
+sampled, so N samples cost little more than one pass. With ``prior_dim`` > 0 the model also holds a fixed
+``token_prior`` table (``(vocab, prior_dim)``, a buffer: stored with the weights, never trained) whose mean over a
+text's ids joins the bag embedding: word knowledge from outside the training corpus (see
+:mod:`mcdrop.training.lexicon`).
 """
 
 from __future__ import annotations
@@ -20,10 +23,15 @@ from mcdrop.core.errors import ConfigError
 class DropoutMLP(nn.Module):
     """Bag-of-words MLP: ``EmbeddingBag`` (mean) → [dropout → Linear → ReLU]* → dropout → Linear.
 
-    ``dropout_p`` has one probability per Linear layer (``len(hidden_dims) + 1``), applied to its input.
+    ``dropout_p`` has one probability per Linear layer (``len(hidden_dims) + 1``), applied to its input;
+    ``prior_dim`` is the width of the fixed per-token prior table (0: none). ``token_dropout_p`` drops ids from the
+    learned bag during training only (never from the prior, never in Monte Carlo or eval passes): the model must
+    also learn to answer from the words it has left, and from the prior for the words it lacks, which is what text
+    of another domain asks of it.
     """
 
     architecture = "mlp"
+    token_prior: Tensor  # (vocab, prior_dim) buffer, present when prior_dim > 0
 
     def __init__(
         self,
@@ -32,6 +40,8 @@ class DropoutMLP(nn.Module):
         embed_dim: int = 256,
         hidden_dims: Sequence[int] = (256,),
         dropout_p: Sequence[float] = (0.5, 0.5),
+        prior_dim: int = 0,
+        token_dropout_p: float = 0.0,
     ) -> None:
         super().__init__()
         if len(dropout_p) != len(hidden_dims) + 1:
@@ -40,7 +50,13 @@ class DropoutMLP(nn.Module):
             )
         self.bag = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean", padding_idx=0)
         self.bag_bias = nn.Parameter(torch.zeros(embed_dim))
-        dims = [embed_dim, *hidden_dims]
+        if prior_dim < 0:
+            raise ConfigError(f"prior_dim must be at least 0 (got {prior_dim})")
+        self.prior_dim = prior_dim
+        self.token_dropout_p = check_probability("token_dropout_p", token_dropout_p)
+        if prior_dim:
+            self.register_buffer("token_prior", torch.zeros(vocab_size, prior_dim))
+        dims = [embed_dim + prior_dim, *hidden_dims]
         self.dropouts = nn.ModuleList(MCDropout(check_probability("dropout_p", p)) for p in dropout_p)
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
         self.classifier = nn.Linear(dims[-1], n_classes)
@@ -78,8 +94,28 @@ class DropoutMLP(nn.Module):
         return ModelInput(ids=flat.to(device), offsets=offsets.to(device))
 
     def prefix(self, batch: ModelInput) -> Tensor:
-        """Deterministic bag embedding: ``(B, embed_dim)``."""
-        return torch.relu(self.bag(batch.ids, batch.offsets) + self.bag_bias)
+        """Deterministic bag embedding: ``(B, embed_dim)``, then the mean prior features ``(B, prior_dim)``."""
+        if self.training and self.token_dropout_p > 0:
+            h = torch.relu(self._bag_without_some_ids(batch) + self.bag_bias)
+        else:
+            h = torch.relu(self.bag(batch.ids, batch.offsets) + self.bag_bias)
+        if not self.prior_dim:
+            return h
+        prior = nn.functional.embedding_bag(batch.ids, self.token_prior, batch.offsets, mode="mean")
+        return torch.cat([h, prior], dim=-1)
+
+    def _bag_without_some_ids(self, batch: ModelInput) -> Tensor:
+        """The bag's mean over a random ``1 - token_dropout_p`` of each text's ids (training only)."""
+        assert batch.offsets is not None
+        n_ids, n_texts = batch.ids.shape[0], batch.offsets.shape[0]
+        keep = (torch.rand(n_ids, device=batch.ids.device) >= self.token_dropout_p).float()
+        lengths = torch.diff(batch.offsets, append=batch.offsets.new_tensor([n_ids]))
+        text_of = torch.repeat_interleave(torch.arange(n_texts, device=batch.ids.device), lengths)
+        kept = torch.zeros(n_texts, device=keep.device).index_add_(0, text_of, keep).clamp_min(1.0)
+        weights = keep / kept[text_of]
+        return nn.functional.embedding_bag(
+            batch.ids, self.bag.weight, batch.offsets, mode="sum", per_sample_weights=weights, padding_idx=0
+        )
 
     def stochastic_tail(self, h: Tensor, sampler: MaskSampler | None = None) -> Tensor:
         """``(B, D)`` → logits ``(B, C)``, or ``(S, B, C)`` with a sampler."""

@@ -32,6 +32,7 @@ class History:
     epochs: list[dict[str, float]] = field(default_factory=list)
     best_epoch: float = 0.0
     seconds: float = 0.0
+    member_best_epochs: list[float] = field(default_factory=list)  # an ensemble's, one per member
 
 
 def _batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator, bucket: bool) -> list[list[int]]:

@@ -11,8 +11,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mcdrop.core.checkpoint_checks import DEFAULT_N_SAMPLES
+from mcdrop.core.ensemble import MAX_MEMBERS
 from mcdrop.core.errors import ConfigError
 from mcdrop.core.registry import MODEL_CLASSES
+from mcdrop.training.lexicon import PRIOR_FEATURES
 
 
 @dataclass
@@ -55,6 +57,9 @@ class TrainOptions:
     embed_init_std: float = 0.05
     init_embeddings: str | None = None
     freeze_embeddings: bool = False
+    ensemble_size: int = 1
+    lexicon_prior: bool = False
+    token_dropout: float = 0.0
     device: str = "cpu"
 
     def check(self) -> None:
@@ -77,6 +82,8 @@ class TrainOptions:
                 f"--dropout-p needs one value per linear layer ({len(self.hidden_dims) + 1} for "
                 f"--hidden-dims {','.join(map(str, self.hidden_dims))}), got {len(self.dropout_p)}"
             )
+        if not 1 <= self.ensemble_size <= MAX_MEMBERS:
+            raise ConfigError(f"--ensemble-size must be in [1, {MAX_MEMBERS}] (got {self.ensemble_size})")
         if self.min_count < 1 or self.vocab_size < 3:
             raise ConfigError("--min-count must be at least 1 and --vocab-size at least 3")
 
@@ -88,6 +95,7 @@ class TrainOptions:
                 "--input-dropout": self.input_dropout,
                 "--weight-dropout": self.weight_dropout,
                 "--output-dropout": self.output_dropout,
+                "--token-dropout": self.token_dropout,
             }
         )
         return probs
@@ -109,8 +117,10 @@ class TrainOptions:
 
     def model_params(self) -> dict[str, Any]:
         """Constructor arguments of the model, as stored in ``config.json``."""
+        prior: dict[str, Any] = {"prior_dim": len(PRIOR_FEATURES)} if self.lexicon_prior else {}
+        prior |= {"token_dropout_p": self.token_dropout} if self.token_dropout else {}
         if self.architecture == "mlp":
-            return {"embed_dim": self.embed_dim, "hidden_dims": self.hidden_dims, "dropout_p": self.dropout_p}
+            return {"embed_dim": self.embed_dim, "hidden_dims": self.hidden_dims, "dropout_p": self.dropout_p} | prior
         return {
             "embed_dim": self.embed_dim,
             "hidden_dim": self.hidden_dim,
@@ -121,7 +131,7 @@ class TrainOptions:
             "weight_dropout_p": self.weight_dropout,
             "output_dropout_p": self.output_dropout,
             "max_tokens": self.max_tokens,
-        }
+        } | prior
 
     def hyper_parameters(self) -> dict[str, Any]:
         """Settings that shaped the weights (no paths or names)."""

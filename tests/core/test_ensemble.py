@@ -1,0 +1,145 @@
+"""Ensembles of dropout members: sample ``s`` from member ``s mod K``, the same masks a single member would use,
+chunk- and batch-independent answers, and checkpoints that round-trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import MakeCheckpoint
+from mcdrop.core.checkpoint import CONFIG_FILE, load_checkpoint
+from mcdrop.core.dropout import MaskSampler
+from mcdrop.core.engine import MCEngine
+from mcdrop.core.ensemble import DropoutEnsemble
+from mcdrop.core.errors import CheckpointError, ConfigError
+from mcdrop.core.registry import build_model
+
+PARAMS = {
+    "mlp": {"embed_dim": 8, "hidden_dims": [8], "dropout_p": [0.4, 0.4]},
+    "gru": {"embed_dim": 8, "hidden_dim": 8, "input_dropout_p": 0.4, "max_tokens": 16},
+}
+IDS = [[2, 3, 4, 5], [6, 7], [8]]
+
+
+def _ensemble(architecture: str, size: int = 3) -> DropoutEnsemble:
+    torch.manual_seed(0)
+    model = build_model(architecture, 20, 2, PARAMS[architecture], size)
+    assert isinstance(model, DropoutEnsemble)
+    return model.eval()
+
+
+def _samples(model: DropoutEnsemble, window: slice, n_samples: int = 11, seed: int = 5) -> torch.Tensor:
+    sampler = MaskSampler(n_samples, [seed])
+    sampler.start_pass(window)
+    state = model.prefix(model.make_input(IDS))
+    out = model.stochastic_tail(state, sampler)
+    assert sampler.pass_samples == window  # the ensemble gives the sampler back as it found it
+    return out
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "gru"])
+def test_sample_s_comes_from_member_s_mod_k_with_a_single_models_masks(architecture: str) -> None:
+    model = _ensemble(architecture)
+    every = _samples(model, slice(0, 11))
+    assert every.shape == (11, 3, 2)
+    for k, member in enumerate(model.members):
+        sampler = MaskSampler(11, [5])
+        sampler.start_pass(slice(k, 11, 3))
+        alone = member.stochastic_tail(member.prefix(model.make_input(IDS)), sampler)
+        torch.testing.assert_close(every[k::3], alone)
+    # the members differ, so the samples of different members are not copies of each other
+    assert not torch.allclose(every[0], every[1])
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "gru"])
+@pytest.mark.parametrize("window", [slice(0, 4), slice(4, 11), slice(5, 6), slice(7, 11)])
+def test_any_sample_range_gives_those_samples_of_the_whole_pass(architecture: str, window: slice) -> None:
+    model = _ensemble(architecture)
+    torch.testing.assert_close(_samples(model, window), _samples(model, slice(0, 11))[window])
+
+
+def test_deterministic_pass_is_the_members_mean_probability() -> None:
+    model = _ensemble("mlp")
+    batch = model.make_input(IDS)
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(m(batch), -1) for m in model.members]).mean(0)
+        torch.testing.assert_close(torch.softmax(model(batch), -1), mean)
+
+
+def test_members_must_agree_and_be_several() -> None:
+    mlp = build_model("mlp", 20, 2, PARAMS["mlp"])
+    gru = build_model("gru", 20, 2, PARAMS["gru"])
+    with pytest.raises(ConfigError, match="2 to 16 members"):
+        DropoutEnsemble([mlp])
+    with pytest.raises(ConfigError, match="share one architecture"):
+        DropoutEnsemble([mlp, gru])
+    with pytest.raises(ConfigError, match=r"ensemble_size must be an integer in \[1, 16\]"):
+        build_model("mlp", 20, 2, PARAMS["mlp"], 17)
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "gru"])
+def test_checkpoint_round_trip_and_seeded_batch_independent_answers(
+    make_checkpoint: MakeCheckpoint, architecture: str
+) -> None:
+    path = make_checkpoint(architecture, ensemble_size=3)
+    config = json.loads((path / CONFIG_FILE).read_text())
+    assert config["ensemble_size"] == 3
+    checkpoint = load_checkpoint(path)
+    assert isinstance(checkpoint.model, DropoutEnsemble) and checkpoint.model.size == 3
+    assert all(key.startswith("members.") for key in checkpoint.model.state_dict())
+    engine = MCEngine(checkpoint, device="cpu")
+    texts = ["a wonderful film", "boring", "the worst film of the year"]
+    together = engine.predict(texts, n_samples=12, seed=3)
+    alone = [engine.predict([t], n_samples=12, seed=3)[0] for t in texts]
+    for a, b in zip(together, alone, strict=True):
+        assert list(a.probs.values()) == pytest.approx(list(b.probs.values()), rel=1e-5, abs=1e-7)
+    again = MCEngine(load_checkpoint(path), device="cpu").predict(texts, n_samples=12, seed=3)
+    assert [p.to_dict() for p in again] == [p.to_dict() for p in together]
+
+
+def test_adaptive_sampling_stops_on_the_samples_a_fixed_run_would_draw(make_checkpoint: MakeCheckpoint) -> None:
+    engine = MCEngine(load_checkpoint(make_checkpoint("gru", ensemble_size=2)), device="cpu")
+    texts = ["a wonderful film", "boring", "the best film of the year"]
+    every = engine.predict_samples(texts, 40, seed=1)
+    adaptive = engine.predict(texts, n_samples=40, seed=1, mc_tolerance=0.2)
+    for i, prediction in enumerate(adaptive):
+        used = prediction.n_samples_used
+        assert 1 <= used <= 40
+        assert list(prediction.probs.values()) == pytest.approx(every[:used, i].mean(0).tolist(), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("value", [0, 17, "3", 2.5, True])
+def test_a_bad_ensemble_size_is_named(make_checkpoint: MakeCheckpoint, value: object) -> None:
+    path = make_checkpoint("mlp")
+    config = json.loads((path / CONFIG_FILE).read_text())
+    config["ensemble_size"] = value
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json: ensemble_size must be an integer in \[1, 16\]"):
+        load_checkpoint(path)
+
+
+def test_weights_of_another_ensemble_size_are_refused(make_checkpoint: MakeCheckpoint) -> None:
+    path = make_checkpoint("mlp", ensemble_size=2)
+    config = json.loads((path / CONFIG_FILE).read_text())
+    config["ensemble_size"] = 3
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"tensor 'members.2.* is missing"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "gru"])
+def test_the_token_prior_is_a_stored_fixed_input(architecture: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(architecture, 20, 2, PARAMS[architecture] | {"prior_dim": 3}).eval()
+    assert "token_prior" in model.state_dict()
+    assert all(name != "token_prior" for name, _ in model.named_parameters())  # never trained
+    batch = model.make_input(IDS)
+    with torch.no_grad():
+        before = model(batch)
+        model.load_state_dict(model.state_dict() | {"token_prior": torch.rand(20, 3)})
+        after = model(batch)
+    assert not torch.allclose(before, after)  # the model reads it
+    with pytest.raises(ConfigError, match="prior_dim must be at least 0"):
+        build_model(architecture, 20, 2, PARAMS[architecture] | {"prior_dim": -1})
