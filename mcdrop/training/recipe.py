@@ -32,6 +32,7 @@ from mcdrop.core.text import ngrams, tokenize
 from mcdrop.training.data import DataSplits, load_rotten_tomatoes
 from mcdrop.training.metrics import classification_metrics
 from mcdrop.training.options import TrainOptions
+from mcdrop.training.shift_check import shift_report, standin_sets
 from mcdrop.training.train import REPORT_FILE, train
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,12 @@ def tfidf_baseline(splits: DataSplits, c_values: Sequence[float] = (0.5, 1.0, 2.
         val = classification_metrics(torch.softmax(x_val @ weight + bias, -1), splits.validation.labels)
         if not best or val["nll"] < best["validation"]["nll"]:
             test = classification_metrics(torch.softmax(x_test @ weight + bias, -1), splits.test.labels)
-            best = {"c": c, "features": len(index), "validation": val, "test": test}
+            best = {"c": c, "features": len(index), "validation": val, "test": test, "weights": (weight, bias)}
+    weight, bias = best.pop("weights")
+    best["standin_shift"] = shift_report(
+        lambda texts: torch.softmax(_tfidf(texts, index, idf) @ weight + bias, -1),
+        standin_sets(splits.validation, splits.train.texts, seed=SPLIT_SEED),
+    )
     logger.info("TF-IDF + logistic regression: C=%s, test %s", best["c"], best["test"])
     return best
 

@@ -30,15 +30,18 @@ from mcdrop.core.checkpoint import Checkpoint, save_checkpoint
 from mcdrop.core.checkpoint_checks import DEFAULT_TEMPERATURE
 from mcdrop.core.contract import MCModel
 from mcdrop.core.engine import MCEngine
+from mcdrop.core.ensemble import DropoutEnsemble
 from mcdrop.core.registry import MODEL_CLASSES, build_model
 from mcdrop.core.text import TextEncoder
 from mcdrop.training.calibrate import build_calibration, fit_novelty_model
 from mcdrop.training.calibration import apply_temperature, fit_temperature, uncertainty_baseline
 from mcdrop.training.data import Dataset, DataSplits, load_splits
+from mcdrop.training.lexicon import extend_vocabulary, load_valence, prior_table
 from mcdrop.training.loop import History, fit_model, init_embeddings_from, scale_embeddings
 from mcdrop.training.options import TrainOptions
 from mcdrop.training.plots import plot_reliability_diagram, plot_risk_coverage
 from mcdrop.training.report import evaluate_engine
+from mcdrop.training.shift_check import shift_report, standin_sets
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +88,11 @@ def train(options: TrainOptions) -> Path:
     config["uncertainty_baseline"] = uncertainty_baseline(val_samples, result.samples, val_oov)
     save_checkpoint(out, model, encoder, config, engine.calibration, engine.novelty_model)
     report = {"name": options.name, **result.report, "uncertainty_baseline": config["uncertainty_baseline"]}
+    report["standin_shift"] = shift_report(
+        lambda texts: engine.predict_samples(texts, options.n_samples, options.eval_seed).mean(0),
+        standin_sets(splits.validation, splits.train.texts, seed=options.eval_seed),
+    )
+    logger.info("stand-in shift (validation, MC): %s", report["standin_shift"])
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     title = f"{options.name}: test split, {options.n_samples} MC samples"
     plot_reliability_diagram(
@@ -99,20 +107,47 @@ def train(options: TrainOptions) -> Path:
 
 
 def _fit(options: TrainOptions, splits: DataSplits) -> tuple[MCModel, TextEncoder, History]:
-    """Vocabulary, model and its training (on the train split; early stopping on validation)."""
-    torch.manual_seed(options.seed)
+    """Vocabulary, model (``ensemble_size`` members, seeds ``seed``, ``seed + 1``, …) and its training (on the train
+    split; early stopping on validation, each member on its own)."""
     encoder = build_encoder(splits.train, options)
-    model = build_model(options.architecture, len(encoder.vocab), len(splits.label_names), options.model_params())
-    scale_embeddings(model, options.embed_init_std)
-    if options.init_embeddings:
-        init_embeddings_from(model, encoder, options.init_embeddings)
-    if options.freeze_embeddings:
-        model.token_embeddings().requires_grad_(False)
-    model.to(options.device)
+    n_trained, prior = len(encoder.vocab), None
+    if options.lexicon_prior:
+        valence = load_valence()
+        encoder, n_trained = extend_vocabulary(encoder, sorted(valence))
+        prior = prior_table(encoder.vocab, valence)
     train_ids, val_ids = encoder.encode(splits.train.texts).ids, encoder.encode(splits.validation.texts).ids
-    history = fit_model(model, train_ids, splits.train.labels, val_ids, splits.validation.labels, options)
-    model.to("cpu")
-    return model, encoder, history
+    members: list[MCModel] = []
+    histories: list[History] = []
+    for k in range(options.ensemble_size):
+        torch.manual_seed(options.seed + k)
+        member = build_model(options.architecture, len(encoder.vocab), len(splits.label_names), options.model_params())
+        scale_embeddings(member, options.embed_init_std)
+        if options.init_embeddings:
+            init_embeddings_from(member, encoder, options.init_embeddings)
+        with torch.no_grad():
+            member.token_embeddings()[n_trained:] = 0.0  # lexicon words the training texts lack: the prior only
+            if prior is not None:
+                member.load_state_dict(member.state_dict() | {"token_prior": prior})
+        if options.freeze_embeddings:
+            member.token_embeddings().requires_grad_(False)
+        member.to(options.device)
+        if options.ensemble_size > 1:
+            logger.info("ensemble member %d of %d (seed %d)", k + 1, options.ensemble_size, options.seed + k)
+        histories.append(fit_model(member, train_ids, splits.train.labels, val_ids, splits.validation.labels, options))
+        members.append(member.to("cpu"))
+    model = members[0] if len(members) == 1 else DropoutEnsemble(members)
+    return model, encoder, _merged(histories)
+
+
+def _merged(histories: list[History]) -> History:
+    """One member's history as is; an ensemble's: the first member's epochs, every member's best epoch, the sum of
+    the seconds."""
+    if len(histories) == 1:
+        return histories[0]
+    merged = History(epochs=histories[0].epochs, best_epoch=histories[0].best_epoch)
+    merged.seconds = sum(h.seconds for h in histories)
+    merged.member_best_epochs = [h.best_epoch for h in histories]
+    return merged
 
 
 def _calibrate(engine: MCEngine, splits: DataSplits, options: TrainOptions) -> None:
@@ -165,6 +200,7 @@ def _base_config(options: TrainOptions, splits: DataSplits, encoder: TextEncoder
             "hyper_parameters": options.hyper_parameters(),
             "epochs_run": history.epochs[-1]["epoch"] if history.epochs else 0,
             "best_epoch": history.best_epoch,
+            **({"member_best_epochs": history.member_best_epochs} if history.member_best_epochs else {}),
             "early_stopping": "validation NLL (deterministic)",
             "train_seconds": round(history.seconds, 1),
             "history": history.epochs,
@@ -236,6 +272,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mc.add_argument("--n-samples", type=int, default=d.n_samples, help="default MC samples stored in the checkpoint")
     mc.add_argument("--eval-seed", type=int, default=d.eval_seed, help="seed of the MC masks for calibration/eval")
     mc.add_argument("--temperature-scaling", action=argparse.BooleanOptionalAction, default=True)
+    shift = parser.add_argument_group("generalisation")
+    shift.add_argument("--ensemble-size", type=int, default=d.ensemble_size, help="members, N samples spread over them")
+    shift.add_argument(
+        "--lexicon-prior", action="store_true", help="fixed valence-lexicon features per token (vaderSentiment)"
+    )
+    shift.add_argument(
+        "--token-dropout", type=float, default=d.token_dropout, help="drop tokens (not their prior) in training only"
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:

@@ -164,3 +164,24 @@ def test_eval_errors_are_one_line(
     assert code == 2
     err = capsys.readouterr().err
     assert "that the model does not know" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_ensemble_with_the_lexicon_prior_trains_and_serves(reviews_csv: Path, tmp_path: Path) -> None:
+    flags = (*MLP_FLAGS, "--ensemble-size", "2", "--lexicon-prior", "--token-dropout", "0.2")
+    assert _train(reviews_csv, tmp_path / "models", *flags) == 0
+    directory = tmp_path / "models" / "tiny"
+    config = json.loads((directory / "config.json").read_text())
+    assert config["ensemble_size"] == 2
+    assert config["model_params"]["prior_dim"] == 4 and config["model_params"]["token_dropout_p"] == 0.2
+    assert len(config["training"]["member_best_epochs"]) == 2
+    checkpoint = load_checkpoint(directory)
+    state = checkpoint.model.state_dict()
+    # the lexicon's words joined the vocabulary; the members were trained from different seeds
+    assert checkpoint.encoder.vocab.lookup("delicious") != 1
+    assert torch.equal(state["members.0.token_prior"], state["members.1.token_prior"])
+    assert not torch.equal(state["members.0.bag.weight"], state["members.1.bag.weight"])
+    assert float(state["members.0.token_prior"][checkpoint.encoder.vocab.lookup("delicious"), 0]) > 0.3
+    report = json.loads((directory / "eval_report.json").read_text())
+    assert set(report["standin_shift"]) == {"validation", "rare_vocabulary", "typos"}
+    engine = MCEngine(checkpoint, device="cpu")
+    assert engine.predict(["superb fun"], n_samples=8, seed=0)[0].label in ("bad", "good", "meh")
