@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from mcdrop.core.contract import MCModel, ModelInput
 from mcdrop.core.dropout import MaskSampler
 from mcdrop.core.errors import ConfigError
+from mcdrop.core.fused_mlp import FusedMLPs, WeightVersions
+from mcdrop.core.mlp import DropoutMLP
 
 MAX_MEMBERS = 16
 
@@ -40,6 +42,10 @@ class DropoutEnsemble(nn.Module):
         self.members = nn.ModuleList(cast(nn.Module, m) for m in members)
         self._members = list(members)
         self.architecture = members[0].architecture
+        # MLP members run fused at inference (mcdrop.core.fused_mlp): one call per layer instead of K
+        self._mlps = [m for m in members if isinstance(m, DropoutMLP)]
+        self._fused: tuple[tuple[tuple[int, int], ...], FusedMLPs] | None = None
+        self._versions = WeightVersions(self)
 
     @property
     def size(self) -> int:
@@ -70,14 +76,29 @@ class DropoutEnsemble(nn.Module):
     def make_input(self, ids: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> ModelInput:
         return self._members[0].make_input(ids, device)
 
-    def prefix(self, batch: ModelInput) -> tuple[Any, ...]:
-        """Each member's prefix result, in member order."""
+    def _fused_mlps(self) -> FusedMLPs | None:
+        """The fused form of MLP members for an inference call (no gradients, eval mode), kept while the weights
+        stay the same; ``None`` otherwise."""
+        if len(self._mlps) != len(self._members) or self.training or torch.is_grad_enabled():
+            return None
+        key = self._versions.key()
+        if self._fused is None or self._fused[0] != key:
+            self._fused = (key, FusedMLPs(self._mlps))
+        return self._fused[1]
+
+    def prefix(self, batch: ModelInput) -> Any:
+        """Each member's prefix result, in member order (fused MLP members: one ``(B, K, F)`` tensor)."""
+        fused = self._fused_mlps()
+        if fused is not None:
+            return fused.prefix(batch)
         return tuple(member.prefix(batch) for member in self._members)
 
-    def stochastic_tail(self, state: tuple[Any, ...], sampler: MaskSampler | None = None) -> Tensor:
+    def stochastic_tail(self, state: Any, sampler: MaskSampler | None = None) -> Tensor:
         """Logits ``(S, B, C)`` with sample ``s`` from member ``s mod K``; log mean probabilities without a
         sampler."""
         if sampler is None:
+            if isinstance(state, Tensor):  # the fused MLP prefix: member k's features are state[:, k]
+                state = tuple(state[:, k] for k in range(self.size))
             probs = [
                 torch.softmax(m.stochastic_tail(part).float(), dim=-1)
                 for m, part in zip(self._members, state, strict=True)
@@ -85,6 +106,10 @@ class DropoutEnsemble(nn.Module):
             return torch.stack(probs).mean(0).clamp_min(1e-12).log()
         window = sampler.pass_samples
         start, stop, _ = window.indices(sampler.n_samples)
+        if isinstance(state, Tensor):  # the fused MLP prefix made it
+            fused = self._fused_mlps()
+            assert fused is not None, "a fused prefix result needs an inference call"
+            return fused.tail(state, sampler, start, stop)
         size = self.size
         out: Tensor | None = None
         try:

@@ -45,6 +45,8 @@ class DropoutGRU(nn.Module):
         prior_dim: width of the fixed per-token prior features appended to each step's input (0: none).
         token_dropout_p: drop whole token embeddings during training only (never the prior, never in Monte Carlo
             or eval passes), so the model learns to read the prior for words it lacks.
+        bag_skip: also pool the (dropped) step inputs themselves, by their mean, beside the GRU's states: a
+            bag-of-words path next to the order-aware one, which holds up where word order carries little.
     """
 
     architecture = "gru"
@@ -65,6 +67,7 @@ class DropoutGRU(nn.Module):
         max_tokens: int = 256,
         prior_dim: int = 0,
         token_dropout_p: float = 0.0,
+        bag_skip: bool = False,
     ) -> None:
         super().__init__()
         if num_layers not in (1, 2):
@@ -82,7 +85,9 @@ class DropoutGRU(nn.Module):
         self.weight_dropout_p = check_probability("weight_dropout_p", weight_dropout_p)
         self.output_dropout = MCDropout(check_probability("output_dropout_p", output_dropout_p))
         n_directions = 2 if bidirectional else 1
-        self.classifier = nn.Linear(2 * n_directions * hidden_dim, n_classes)
+        self.bag_skip = bag_skip
+        skip = embed_dim + prior_dim if bag_skip else 0
+        self.classifier = nn.Linear(2 * n_directions * hidden_dim + skip, n_classes)
         self._recurrent_names = [n for n, _ in self.gru.named_parameters() if n.startswith("weight_hh")]
 
     @property
@@ -136,8 +141,12 @@ class DropoutGRU(nn.Module):
         steps = torch.arange(states.shape[1], device=states.device)
         valid = (steps[None, :] < lengths.to(states.device)[:, None]).unsqueeze(-1)  # (N, T, 1)
         maximum = states.masked_fill(~valid, float("-inf")).amax(dim=1)  # amax: no argmax indices to compute
-        mean = states.sum(dim=1) / lengths.to(states.device, states.dtype).unsqueeze(-1)
-        return torch.cat([maximum, mean], dim=-1)
+        count = lengths.to(states.device, states.dtype).unsqueeze(-1)
+        mean = states.sum(dim=1) / count
+        if not self.bag_skip:
+            return torch.cat([maximum, mean], dim=-1)
+        # padding steps of x are zero embeddings (padding_idx 0, zero prior), so a plain sum is over the text
+        return torch.cat([maximum, mean, x.sum(dim=1) / count], dim=-1)
 
     def _dropped_weights(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
         weights: dict[str, Tensor] = dict(self.gru.named_parameters())

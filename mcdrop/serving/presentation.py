@@ -70,6 +70,7 @@ def model_description(engine: MCEngine) -> dict[str, Any]:
         "version": engine.version,
         "architecture": config["architecture"],
         "dropout_placement": config.get("dropout_placement"),
+        "ensemble_size": int(config.get("ensemble_size", 1)),
         "labels": engine.labels,
         "default_n_samples": engine.default_n_samples,
         "device": str(engine.device),

@@ -116,6 +116,9 @@ class ModelSummary(BaseModel):
     labels: list[str]
     default_n_samples: int
     dropout_placement: str | None = Field(description="where dropout sits; decides how costly N samples are")
+    ensemble_size: int = Field(
+        default=1, description="independently trained members; the N samples are spread evenly over them"
+    )
     device: str
     vocabulary_size: int
     default: bool = Field(description="whether requests that name no model use this one")

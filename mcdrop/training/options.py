@@ -60,6 +60,7 @@ class TrainOptions:
     ensemble_size: int = 1
     lexicon_prior: bool = False
     token_dropout: float = 0.0
+    bag_skip: bool = False
     device: str = "cpu"
 
     def check(self) -> None:
@@ -121,17 +122,21 @@ class TrainOptions:
         prior |= {"token_dropout_p": self.token_dropout} if self.token_dropout else {}
         if self.architecture == "mlp":
             return {"embed_dim": self.embed_dim, "hidden_dims": self.hidden_dims, "dropout_p": self.dropout_p} | prior
-        return {
-            "embed_dim": self.embed_dim,
-            "hidden_dim": self.hidden_dim,
-            "num_layers": self.num_layers,
-            "bidirectional": self.bidirectional,
-            "word_dropout_p": self.word_dropout,
-            "input_dropout_p": self.input_dropout,
-            "weight_dropout_p": self.weight_dropout,
-            "output_dropout_p": self.output_dropout,
-            "max_tokens": self.max_tokens,
-        } | prior
+        return (
+            {
+                "embed_dim": self.embed_dim,
+                "hidden_dim": self.hidden_dim,
+                "num_layers": self.num_layers,
+                "bidirectional": self.bidirectional,
+                "word_dropout_p": self.word_dropout,
+                "input_dropout_p": self.input_dropout,
+                "weight_dropout_p": self.weight_dropout,
+                "output_dropout_p": self.output_dropout,
+                "max_tokens": self.max_tokens,
+            }
+            | prior
+            | ({"bag_skip": True} if self.bag_skip else {})
+        )
 
     def hyper_parameters(self) -> dict[str, Any]:
         """Settings that shaped the weights (no paths or names)."""

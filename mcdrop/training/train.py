@@ -277,6 +277,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     shift.add_argument(
         "--lexicon-prior", action="store_true", help="fixed valence-lexicon features per token (vaderSentiment)"
     )
+    shift.add_argument("--bag-skip", action="store_true", help="gru: pool the step inputs' mean beside the states")
     shift.add_argument(
         "--token-dropout", type=float, default=d.token_dropout, help="drop tokens (not their prior) in training only"
     )

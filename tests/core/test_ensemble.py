@@ -143,3 +143,30 @@ def test_the_token_prior_is_a_stored_fixed_input(architecture: str) -> None:
     assert not torch.allclose(before, after)  # the model reads it
     with pytest.raises(ConfigError, match="prior_dim must be at least 0"):
         build_model(architecture, 20, 2, PARAMS[architecture] | {"prior_dim": -1})
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "gru"])
+def test_requests_with_other_seeds_in_one_batch_get_their_own_answers(
+    make_checkpoint: MakeCheckpoint, architecture: str
+) -> None:
+    engine = MCEngine(load_checkpoint(make_checkpoint(architecture, ensemble_size=3)), device="cpu")
+    requests = [(["a wonderful film", "boring"], 1), (["the worst film of the year"], 2), (["great fun"], 3)]
+    together = engine.predict_many(requests, 13)
+    for (texts, seed), answers in zip(requests, together, strict=True):
+        alone = engine.predict(texts, n_samples=13, seed=seed)
+        for a, b in zip(answers, alone, strict=True):
+            assert list(a.probs.values()) == pytest.approx(list(b.probs.values()), rel=1e-5, abs=1e-7)
+
+
+def test_fused_mlp_members_match_the_member_by_member_path_and_follow_weight_changes() -> None:
+    model = _ensemble("mlp", size=4)
+    with torch.inference_mode():
+        fused = _samples(model, slice(2, 11))  # inference: one call per layer for all members
+    with torch.no_grad():
+        model.members[1].classifier.weight.add_(0.5)  # in place: the fused copy must notice
+    with torch.inference_mode():
+        changed = _samples(model, slice(2, 11))
+    sequential = _samples(model, slice(2, 11)).detach()  # gradients on: member by member
+    torch.testing.assert_close(changed, sequential)
+    assert not torch.allclose(fused, changed)
+    torch.testing.assert_close(fused[[0, 2, 4, 6, 8]], changed[[0, 2, 4, 6, 8]])  # other members' samples kept

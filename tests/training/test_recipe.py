@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from mcdrop.training.data import Dataset, DataSplits
-from mcdrop.training.recipe import MAX_MC_ECE, beats_baseline, format_table, tfidf_baseline
+from mcdrop.training.recipe import MAX_MC_ECE, beats_baseline, format_shift_table, format_table, tfidf_baseline
 
 LABELS = ("negative", "positive")
 GOOD = ["wonderful", "moving", "brilliant", "great", "touching"]
@@ -62,7 +62,8 @@ def _row(name: str, accuracy: float, nll: float, ece: float) -> dict[str, Any]:
 
 def test_format_table_and_the_verdict() -> None:
     baseline = {"c": 4.0, "test": {"accuracy": 0.78, "nll": 0.46, "brier": 0.3, "ece": 0.02}}
-    better, worse, miscalibrated = _row("a", 0.80, 0.45, 0.02), _row("b", 0.77, 0.47, 0.02), _row("c", 0.8, 0.4, 0.05)
+    better, worse, miscalibrated = _row("a", 0.80, 0.45, 0.015), _row("b", 0.77, 0.47, 0.02), _row("c", 0.8, 0.4, 0.05)
+    less_calibrated = _row("d", 0.80, 0.45, 0.025)  # within 0.03, but above the reference's ECE
     table = format_table(baseline, [better, worse]).splitlines()
     assert table[0].startswith("| model | placement | acc det/MC | NLL det/MC |")
     assert table[1] == "|" + "---|" * 10
@@ -73,3 +74,15 @@ def test_format_table_and_the_verdict() -> None:
     assert beats_baseline(better, baseline)
     assert not beats_baseline(worse, baseline)
     assert miscalibrated["mc"]["ece"] > MAX_MC_ECE and not beats_baseline(miscalibrated, baseline)
+    assert not beats_baseline(less_calibrated, baseline)
+
+
+def test_the_stand_in_shift_table_lists_every_set_for_every_model() -> None:
+    figures = {"accuracy": 0.8, "nll": 0.45, "ece": 0.02}
+    shift = {"validation": figures, "rare_vocabulary": figures, "typos": figures}
+    table = format_shift_table({"standin_shift": shift}, {"rt-mlp": shift}).splitlines()
+    assert table[0] == (
+        "| model | validation acc / NLL / ECE | rare_vocabulary acc / NLL / ECE | typos acc / NLL / ECE |"
+    )
+    assert table[2].startswith("| tfidf+logreg | 0.8000 / 0.4500 / 0.0200 |")
+    assert table[3].startswith("| rt-mlp | ") and len(table) == 4
