@@ -192,8 +192,9 @@ def encode_infer_response(
     first = predictions[0]  # one request: every prediction carries the same fields
     names: Sequence[str] | None = request.outputs
     if names is None:
-        carried = (first[field] is not None for field in _PRODUCED_BY.values())
-        names = _produced(*carried)
+        names = _produced(
+            first["novelty"] is not None, first["prediction_set"] is not None, first["decision"] is not None
+        )
     batch, n_classes = len(predictions), len(labels)
     columns = _columns(names, labels, predictions)
     if not request.binary and not request.binary_default:  # every output as JSON data, the usual request
