@@ -101,16 +101,14 @@ def check_outputs(outputs: Sequence[str] | None, decides: bool) -> None:
 _PLAIN: Final = tuple(n for n, spec in OUTPUTS.items() if not spec.per_class and n not in _DECISION_FIELDS)
 _read_plain: Final = itemgetter(*_PLAIN)
 _PER_CLASS: Final = frozenset(n for n, spec in OUTPUTS.items() if spec.per_class and spec.datatype == "FP32")
-# which prediction field says an output with these needs was produced (the rest always are)
-_PRODUCED_BY: Final = {"novelty": "novelty", "calibration": "prediction_set", "decision": "decision"}
 
 
 @functools.lru_cache(maxsize=8)
 def _produced(novelty: bool, prediction_set: bool, decision: bool) -> tuple[str, ...]:
-    """The outputs a request that names none gets, in ``OUTPUTS`` order, from what its predictions carry."""
-    present = zip(_PRODUCED_BY, (novelty, prediction_set, decision), strict=True)
-    have = {"", *(needs for needs, produced in present if produced)}
-    return tuple(name for name, spec in OUTPUTS.items() if spec.needs in have)
+    """The outputs a request that names none gets, in ``OUTPUTS`` order: every one whose needs the predictions
+    show were met (they carry a novelty, a conformal set, a decision)."""
+    met = {"": True, "novelty": novelty, "calibration": prediction_set, "decision": decision}
+    return tuple(name for name, spec in OUTPUTS.items() if met[spec.needs])
 
 
 def _column(name: str, labels: Sequence[str], predictions: Sequence[PredictionDict]) -> list[Any]:
