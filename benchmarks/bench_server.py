@@ -22,7 +22,10 @@ measures a client that picks a few (about 430 bytes).
 
 ``--endpoint v1,v2 --repeat 3`` alternates the endpoints on the same server (v1, v2, v1, v2, ...) and prints the
 ratio of each pair and their median: the machine's other load changes from one run to the next, so only
-interleaved pairs compare the endpoints.
+interleaved pairs compare the endpoints. The figures measured so far, and how they spread, are in docs/api.md
+(Throughput), e.g. for
+
+    python benchmarks/bench_server.py --models rt-mlp --clients 32 --seconds 5 --endpoint v1,v2 --repeat 5 --batching on
 
 Usage (uses ``models/rt-mlp`` and ``models/rt-gru``; stand-ins of the training defaults' shapes when absent):
 
