@@ -2,9 +2,9 @@
 
 Starts the server (one per setting) on 127.0.0.1, drives it with closed-loop async clients (each client sends its
 next request when the previous answer arrives), one text per request, to ``POST /v1/predict`` or, with
-``--endpoint v2``, to the Open Inference Protocol's ``POST /v2/models/{model}/infer`` (JSON tensors, every
-output), and prints throughput,
-p50/p99 latency, the batching on/off ratio and where a request's time goes, from the ``Server-Timing`` header:
+``--endpoint v2``, to the Open Inference Protocol's ``POST /v2/models/{model}/infer``, and prints throughput,
+p50/p99 latency, the mean answer size, the CPU time per request of the server process and of the clients, the
+batching on/off ratio and where a request's time goes, from the ``Server-Timing`` header:
 
     parse    body read + JSON/type validation + limits
     queue    waiting for its batch (the batching window, or the engine busy with earlier batches)
@@ -13,11 +13,27 @@ p50/p99 latency, the batching on/off ratio and where a request's time goes, from
     encode   JSON response (/v2: the output tensors)
     outside  client latency minus the server's own total: HTTP parsing/writing, event-loop waits, the client
 
+What a ``/v2`` request asks for: by default no ``outputs`` list, so the answer holds every output, as JSON data.
+That is what both protocol clients send unless told otherwise (KServe's ``InferenceRESTClient`` names no outputs;
+``tritonclient`` names none either but asks for binary data: ``--v2-binary``), and it carries what a ``/v1``
+answer carries, every field of the prediction, so the two endpoints are compared on the same information (for one
+text about 1230 bytes of tensors against 570 of ``/v1`` JSON). ``--outputs label,probs,mutual_information``
+measures a client that picks a few (about 430 bytes).
+
+``--endpoint v1,v2 --repeat 3`` alternates the endpoints on the same server (v1, v2, v1, v2, ...) and prints the
+ratio of each pair and their median: the machine's other load changes from one run to the next, so only
+interleaved pairs compare the endpoints. The figures measured so far, and how they spread, are in docs/api.md
+(Throughput), e.g. for
+
+    python benchmarks/bench_server.py --models rt-mlp --clients 32 --seconds 5 --endpoint v1,v2 --repeat 5 --batching on
+
 Usage (uses ``models/rt-mlp`` and ``models/rt-gru``; stand-ins of the training defaults' shapes when absent):
 
-    python benchmarks/bench_server.py [--clients 1,8,32] [--n-samples 100] [--seconds 5] [--endpoint v1|v2]
+    python benchmarks/bench_server.py [--clients 1,8,32] [--n-samples 100] [--seconds 5] [--endpoint v1|v2|v1,v2]
+        [--repeat N] [--batching both|on|off] [--outputs NAME,...] [--v2-binary]
 
-The clients share the machine with the server (2 cores here), so absolute numbers include that contention.
+The clients share the machine with the server (2 cores here), so absolute numbers include that contention; the
+CPU times per request (server: every thread of its process) depend much less on it than throughput does.
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shutil
 import statistics
@@ -128,10 +145,24 @@ class Run:
     timings: list[dict[str, float]] = field(default_factory=list)
     errors: int = 0
     seconds: float = 0.0
+    body_bytes: int = 0  # of the measured answers, together
+    server_cpu_s: float | None = None  # the server process over the measured time
+    client_cpu_s: float = 0.0  # this process (the clients) over the measured time
 
     @property
     def throughput(self) -> float:
         return len(self.latencies_s) / self.seconds if self.seconds else 0.0
+
+    def per_request_us(self, seconds: float | None) -> float:
+        return 1e6 * seconds / len(self.latencies_s) if seconds is not None and self.latencies_s else float("nan")
+
+    def summary(self) -> str:
+        mean_bytes = self.body_bytes / len(self.latencies_s) if self.latencies_s else 0
+        return (
+            f"{self.throughput:7.1f} req/s  p50 {self.percentile_ms(0.5):7.1f} ms  p99 {self.percentile_ms(0.99):7.1f} "
+            f"ms  errors {self.errors}  body {mean_bytes:.0f} B  CPU/req server "
+            f"{self.per_request_us(self.server_cpu_s):.0f} µs, clients {self.per_request_us(self.client_cpu_s):.0f} µs"
+        )
 
     def percentile_ms(self, q: float) -> float:
         ordered = sorted(self.latencies_s)
@@ -154,13 +185,35 @@ def parse_server_timing(header: str) -> dict[str, float]:
     return parts
 
 
-def request(endpoint: str, model: str, text: str, n_samples: int) -> tuple[str, bytes]:
-    """The path and JSON body of one prediction request on ``/v1`` or ``/v2``."""
+def request(
+    endpoint: str,
+    model: str,
+    text: str,
+    n_samples: int,
+    outputs: Sequence[str] | None = None,
+    binary_output: bool = False,
+) -> tuple[str, bytes]:
+    """The path and JSON body of one prediction request on ``/v1`` or ``/v2``; for ``/v2``, ``outputs`` names the
+    outputs to answer (``None``: every one) and ``binary_output`` asks for them as binary data."""
     if endpoint == "v2":
         tensor = {"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}
-        body: dict[str, Any] = {"inputs": [tensor], "parameters": {"n_samples": n_samples}}
+        parameters: dict[str, Any] = {"n_samples": n_samples}
+        if binary_output:
+            parameters["binary_data_output"] = True
+        body: dict[str, Any] = {"inputs": [tensor], "parameters": parameters}
+        if outputs is not None:
+            body["outputs"] = [{"name": name} for name in outputs]
         return f"/v2/models/{model}/infer", json.dumps(body).encode()
     return "/v1/predict", json.dumps({"texts": [text], "model": model, "n_samples": n_samples}).encode()
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far, all its threads (Linux ``/proc``; ``None`` elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class RawClient:
@@ -207,11 +260,16 @@ class Load:
     client_kind: str
     endpoint: str = "v1"
     texts: Sequence[str] | None = None  # one per request, drawn in turn; review-like stand-ins by default
+    outputs: Sequence[str] | None = None  # /v2: the outputs asked for; None: every one
+    binary_output: bool = False  # /v2: outputs as binary data
+    server_pid: int | None = None  # to measure the server's CPU time
 
 
 async def drive(url: str, load: Load) -> Run:
     """Closed-loop clients, one text per request (drawn from ``load.texts``, review-like stand-ins by default)."""
     texts = load.texts or sentences(1000, seed=2)
+    # built before the clients start, so that building them costs the clients nothing (and the same on both APIs)
+    requests = [request(load.endpoint, load.model, t, load.n_samples, load.outputs, load.binary_output) for t in texts]
     run = Run()
     host, port = url.removeprefix("http://").split(":")
     limits = httpx.Limits(max_connections=load.clients, max_keepalive_connections=load.clients)
@@ -225,12 +283,12 @@ async def drive(url: str, load: Load) -> Run:
             raw = await RawClient.connect(host, int(port)) if load.client_kind == "raw" else None
             try:
                 while (now := time.perf_counter()) < stop:
-                    path, body = request(load.endpoint, load.model, rng.choice(texts), load.n_samples)
+                    path, body = rng.choice(requests)
                     if raw is not None:
-                        status, headers, _ = await raw.post(path, body)
+                        status, headers, content = await raw.post(path, body)
                     else:
                         response = await pool.post(path, content=body, headers={"content-type": "application/json"})
-                        status, headers = response.status_code, dict(response.headers)
+                        status, headers, content = response.status_code, dict(response.headers), response.content
                     done = time.perf_counter()
                     if now < measure_from:
                         continue
@@ -238,12 +296,22 @@ async def drive(url: str, load: Load) -> Run:
                         run.errors += 1
                         continue
                     run.latencies_s.append(done - now)
+                    run.body_bytes += len(content)
                     run.timings.append(parse_server_timing(headers.get("server-timing", "")))
             finally:
                 if raw is not None:
                     raw.close()
 
-        await asyncio.gather(*(one_client(i) for i in range(load.clients)))
+        async def cpu_meter() -> None:  # CPU times over the measured time only
+            await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+            server_from, client_from = process_cpu_s(load.server_pid or 0), time.process_time()
+            await asyncio.sleep(max(0.0, stop - time.perf_counter()))
+            server_to = process_cpu_s(load.server_pid or 0)
+            run.client_cpu_s = time.process_time() - client_from
+            if load.server_pid and server_from is not None and server_to is not None:
+                run.server_cpu_s = server_to - server_from
+
+        await asyncio.gather(cpu_meter(), *(one_client(i) for i in range(load.clients)))
         run.seconds = time.perf_counter() - measure_from
     return run
 
@@ -278,19 +346,30 @@ def main() -> int:
         "--client", choices=["raw", "httpx"], default="raw", help="raw: a minimal HTTP/1.1 client (default)"
     )
     parser.add_argument(
-        "--endpoint", choices=["v1", "v2"], default="v1", help="v1: /v1/predict; v2: /v2/models/{model}/infer"
+        "--endpoint",
+        default="v1",
+        help="v1: /v1/predict; v2: /v2/models/{model}/infer; v1,v2: both in turn, with the v2/v1 ratios",
     )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each endpoint per point, interleaved")
+    parser.add_argument("--batching", choices=["both", "on", "off"], default="both")
+    parser.add_argument("--outputs", default=None, help="/v2: the outputs to ask for, comma-separated (default all)")
+    parser.add_argument("--v2-binary", action="store_true", help="/v2: ask for the outputs as binary data")
     parser.add_argument("--env", action="append", default=[], help="extra MCDROP_X=Y for the server")
     args = parser.parse_args()
     names = args.models.split(",")
     clients = [int(c) for c in args.clients.split(",")]
+    endpoints = args.endpoint.split(",")
+    if not endpoints or any(e not in ("v1", "v2") for e in endpoints):
+        parser.error("--endpoint: v1, v2 or v1,v2")
+    outputs = tuple(args.outputs.split(",")) if args.outputs else None
+    settings = {"both": (True, False), "on": (True,), "off": (False,)}[args.batching]
     extra_env = dict(item.split("=", 1) for item in args.env)
 
     workdir = Path(tempfile.mkdtemp(prefix="mcdrop-bench-"))
     model_dir = prepare_models(args.model_dir, names, workdir)
 
-    results: dict[tuple[str, bool, int], Run] = {}
-    for batching in (True, False):
+    results: dict[tuple[str, bool, int, str], list[Run]] = {}
+    for batching in settings:
         env = {"MCDROP_BATCHING": str(batching).lower(), "MCDROP_ACCESS_LOG": "false", **extra_env}
         try:
             server = start_server(model_dir, workdir / f"server-{batching}.log", env)
@@ -300,29 +379,50 @@ def main() -> int:
         try:
             for name in names:
                 for n_clients in clients:
-                    load = Load(
-                        name, n_clients, args.n_samples, args.seconds, args.warmup_seconds, args.client, args.endpoint
-                    )
-                    run = asyncio.run(drive(url, load))
-                    results[(name, batching, n_clients)] = run
-                    b = run.breakdown_ms()
-                    print(
-                        f"{name:8s} {args.endpoint} batching={'on ' if batching else 'off'} clients={n_clients:3d}  "
-                        f"{run.throughput:7.1f} req/s  p50 {run.percentile_ms(0.5):7.1f} ms  "
-                        f"p99 {run.percentile_ms(0.99):7.1f} ms  errors {run.errors}  | "
-                        + "  ".join(f"{k} {v:.2f}" for k, v in b.items()),
-                        flush=True,
-                    )
+                    for _ in range(args.repeat):
+                        for endpoint in endpoints:
+                            load = Load(
+                                name, n_clients, args.n_samples, args.seconds, args.warmup_seconds, args.client,
+                                endpoint, None, outputs, args.v2_binary, server.process.pid,
+                            )  # fmt: skip
+                            run = asyncio.run(drive(url, load))
+                            results.setdefault((name, batching, n_clients, endpoint), []).append(run)
+                            b = run.breakdown_ms()
+                            print(
+                                f"{name:8s} {endpoint} batching={'on ' if batching else 'off'} clients={n_clients:3d}  "
+                                + run.summary()
+                                + "  | "
+                                + "  ".join(f"{k} {v:.2f}" for k, v in b.items()),
+                                flush=True,
+                            )
         finally:
             server.stop(grace_s=60)
 
-    print(f"\nbatching on/off throughput ratio (N={args.n_samples}, one text per request, /{args.endpoint}):")
-    for name in names:
-        ratios = [
-            f"{c} clients: {results[(name, True, c)].throughput / max(1e-9, results[(name, False, c)].throughput):.2f}x"
-            for c in clients
-        ]
-        print(f"  {name}: " + ", ".join(ratios))
+    def throughput(name: str, batching: bool, n_clients: int, endpoint: str) -> float:
+        return statistics.median(run.throughput for run in results[(name, batching, n_clients, endpoint)])
+
+    if len(settings) == 2:
+        for endpoint in endpoints:
+            print(f"\nbatching on/off throughput ratio (N={args.n_samples}, one text per request, /{endpoint}):")
+            for name in names:
+                on_off = [
+                    throughput(name, True, c, endpoint) / max(1e-9, throughput(name, False, c, endpoint))
+                    for c in clients
+                ]
+                ratios = [f"{c} clients: {r:.2f}x" for c, r in zip(clients, on_off, strict=True)]
+                print(f"  {name}: " + ", ".join(ratios))
+    if endpoints == ["v1", "v2"]:
+        print("\n/v2 throughput over /v1's, each interleaved pair:")
+        for (name, batching, n_clients, endpoint), v1_runs in sorted(results.items()):
+            if endpoint != "v1":
+                continue
+            v2_runs = results[(name, batching, n_clients, "v2")]
+            ratios = [b.throughput / max(1e-9, a.throughput) for a, b in zip(v1_runs, v2_runs, strict=True)]
+            print(
+                f"  {name} batching={'on ' if batching else 'off'} clients={n_clients:3d}: "
+                + ", ".join(f"{r:.2f}" for r in ratios)
+                + f"  (median {statistics.median(ratios):.2f})"
+            )
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -27,9 +27,10 @@ from mcdrop.serving.context import RequestContextMiddleware
 from mcdrop.serving.errors import install_error_handlers
 from mcdrop.serving.openapi import install_openapi
 from mcdrop.serving.registry import Service
-from mcdrop.serving.routes import router
+from mcdrop.serving.routes import predict_router, router
 from mcdrop.serving.settings import Settings
 from mcdrop.serving.telemetry import Metrics
+from mcdrop.serving.v2_routes import infer_router
 from mcdrop.serving.v2_routes import router as v2_router
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,11 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
     app.state.service = Service(settings, metrics)
     app.state.in_flight = in_flight = InFlight(settings.max_in_flight)
     install_error_handlers(app)
+    # the prediction routes first: a request is matched against the routes in order (see routes.py)
+    app.include_router(predict_router)
+    app.include_router(infer_router)  # the Open Inference Protocol (KServe V2 REST) on the same models
     app.include_router(router)
-    app.include_router(v2_router)  # the Open Inference Protocol (KServe V2 REST) on the same models
+    app.include_router(v2_router)
     install_openapi(app, settings)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log)
     app.add_middleware(  # added last: the outermost

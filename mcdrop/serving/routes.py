@@ -37,6 +37,9 @@ from mcdrop.serving.responses import ErrorBody, Health, ModelDetail, ModelList, 
 from mcdrop.serving.schemas import PREDICT_EXAMPLE_REQUEST, PredictRequest, check_limits, parse_predict_request
 
 logger = logging.getLogger(__name__)
+# FastAPI tries routes in order and each candidate that fails costs microseconds: ``create_app`` puts the predict
+# route (``predict_router``) first, then /v2's inference routes, ahead of the listing and health routes (``router``).
+predict_router = APIRouter()
 router = APIRouter()
 
 
@@ -55,7 +58,7 @@ _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 _NOT_READY = _error(503, "models are still loading (Retry-After)", "not ready: models are loading")
 
 
-@router.post(
+@predict_router.post(
     "/v1/predict",
     response_model=PredictResponse,
     summary="MC dropout predictions with uncertainty",

@@ -16,10 +16,13 @@ abstains) is NaN in binary data and ``null`` in JSON; both clients read either a
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Final, Literal
 
 from pydantic_core import to_json
@@ -94,9 +97,18 @@ def check_outputs(outputs: Sequence[str] | None, decides: bool) -> None:
             )
 
 
-def _produced(name: str, prediction: PredictionDict) -> bool:
-    key = "decision" if name in _DECISION_FIELDS else name
-    return prediction.get(key) is not None
+# The per-text fields with one value per text, read from a prediction at once (one C-level item getter)
+_PLAIN: Final = tuple(n for n, spec in OUTPUTS.items() if not spec.per_class and n not in _DECISION_FIELDS)
+_read_plain: Final = itemgetter(*_PLAIN)
+_PER_CLASS: Final = frozenset(n for n, spec in OUTPUTS.items() if spec.per_class and spec.datatype == "FP32")
+
+
+@functools.lru_cache(maxsize=8)
+def _produced(novelty: bool, prediction_set: bool, decision: bool) -> tuple[str, ...]:
+    """The outputs a request that names none gets, in ``OUTPUTS`` order: every one whose needs the predictions
+    show were met (they carry a novelty, a conformal set, a decision)."""
+    met = {"": True, "novelty": novelty, "calibration": prediction_set, "decision": decision}
+    return tuple(name for name, spec in OUTPUTS.items() if met[spec.needs])
 
 
 def _column(name: str, labels: Sequence[str], predictions: Sequence[PredictionDict]) -> list[Any]:
@@ -111,7 +123,22 @@ def _column(name: str, labels: Sequence[str], predictions: Sequence[PredictionDi
     return [p[name] for p in predictions]
 
 
-def _to_bytes(datatype: str, values: list[Any]) -> bytes:
+def _columns(names: Sequence[str], labels: Sequence[str], predictions: Sequence[PredictionDict]) -> list[Sequence[Any]]:
+    """The elements of each named output, in order."""
+    rows = map(_read_plain, predictions)
+    plain: dict[str, Sequence[Any]] = dict(zip(_PLAIN, zip(*rows, strict=True), strict=True))  # field: B values
+    columns: list[Sequence[Any]] = []
+    for name in names:
+        if name in plain:
+            columns.append(plain[name])
+        elif name in _PER_CLASS:
+            columns.append([p[name][label] for p in predictions for label in labels])
+        else:
+            columns.append(_column(name, labels, predictions))
+    return columns
+
+
+def _to_bytes(datatype: str, values: Sequence[Any]) -> bytes:
     if datatype == "BYTES":
         return b"".join(struct.pack("<I", len(b)) + b for b in (str(v).encode("utf-8") for v in values))
     if datatype == "BOOL":
@@ -121,6 +148,34 @@ def _to_bytes(datatype: str, values: list[Any]) -> bytes:
     return struct.pack(f"<{len(values)}{_STRUCT[datatype]}", *values)
 
 
+@functools.lru_cache(maxsize=4096)
+def _opening(name: str, batch: int, n_classes: int, binary: bool) -> bytes:
+    """An output tensor's JSON up to its elements: ``{"name":...,"shape":[...],"data":[``, or for binary data up
+    to its size: ``{"name":...,"parameters":{"binary_data_size":``."""
+    spec = OUTPUTS[name]
+    shape = [batch, n_classes] if spec.per_class else [batch]
+    fixed = to_json({"name": name, "datatype": spec.datatype, "shape": shape})[:-1]
+    return fixed + (b',"parameters":{"binary_data_size":' if binary else b',"data":[')
+
+
+@functools.lru_cache(maxsize=1024)
+def _json_openings(names: tuple[str, ...], batch: int, n_classes: int) -> tuple[bytes, ...]:
+    """What goes before each output's elements when every output is JSON data: ``,"outputs":[`` and the first
+    tensor's opening, then the previous tensor's ``]}``, a comma and the next opening."""
+    openings = [_opening(name, batch, n_classes, False) for name in names]
+    return (b',"outputs":[' + openings[0], *(b"]}," + opening for opening in openings[1:]))
+
+
+def _elements(columns: list[Sequence[Any]]) -> list[bytes]:
+    """Each column's JSON elements without the brackets, from one serializer call: the columns are flat lists of
+    numbers, booleans, null and strings, so outside a string ``],[`` only parts two columns. Should a string hold
+    it (a label, say), there are more parts than columns, and each column is serialized on its own."""
+    if not columns:
+        return []
+    parts = to_json(columns)[2:-2].split(b"],[")
+    return parts if len(parts) == len(columns) else [to_json(column)[1:-1] for column in columns]
+
+
 def encode_infer_response(
     request: InferRequest,
     predictions: Sequence[PredictionDict],
@@ -128,28 +183,34 @@ def encode_infer_response(
     header: Mapping[str, Any],
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and the headers it needs. ``header`` holds ``model_name``, ``model_version``, ``id`` and
-    ``parameters``; the outputs are the requested ones in their order, or every one the predictions carry."""
+    ``parameters``; the outputs are the requested ones in their order, or every one the predictions carry.
+
+    The body is the one ``to_json({**header, "outputs": [tensor, ...]})`` would give, built from pre-encoded
+    tensor openings (name, datatype, shape) and one serializer call for the elements of every JSON output."""
     first = predictions[0]  # one request: every prediction carries the same fields
-    names = request.outputs if request.outputs is not None else [n for n in OUTPUTS if _produced(n, first)]
+    names: Sequence[str] | None = request.outputs
+    if names is None:
+        names = _produced(
+            first["novelty"] is not None, first["prediction_set"] is not None, first["decision"] is not None
+        )
     batch, n_classes = len(predictions), len(labels)
-    tensors: list[dict[str, Any]] = []
+    columns = _columns(names, labels, predictions)
+    if not request.binary and not request.binary_default:  # every output as JSON data, the usual request
+        openings = _json_openings(tuple(names), batch, n_classes)
+        fragments = chain.from_iterable(zip(openings, _elements(columns), strict=True))
+        return to_json(header)[:-1] + b"".join(fragments) + b"]}]}", {"content-type": "application/json"}
+    binary = [request.binary.get(name, request.binary_default) for name in names]
+    elements = iter(_elements([column for column, as_bytes in zip(columns, binary, strict=True) if not as_bytes]))
+    tensors: list[bytes] = []
     blobs: list[bytes] = []
-    for name in names:
-        spec = OUTPUTS[name]
-        values = _column(name, labels, predictions)
-        tensor: dict[str, Any] = {
-            "name": name,
-            "datatype": spec.datatype,
-            "shape": [batch, n_classes] if spec.per_class else [batch],
-        }
-        if request.binary.get(name, request.binary_default):
-            blob = _to_bytes(spec.datatype, values)
-            tensor["parameters"] = {"binary_data_size": len(blob)}
+    for name, column, as_bytes in zip(names, columns, binary, strict=True):
+        if as_bytes:
+            blob = _to_bytes(OUTPUTS[name].datatype, column)
+            tensors.append(_opening(name, batch, n_classes, True) + str(len(blob)).encode() + b"}}")
             blobs.append(blob)
-        else:
-            tensor["data"] = values
-        tensors.append(tensor)
-    head = to_json({**header, "outputs": tensors})  # None (a missing threshold) is null
+        else:  # None (a missing threshold) is null
+            tensors.append(_opening(name, batch, n_classes, False) + next(elements) + b"]}")
+    head = to_json(header)[:-1] + b',"outputs":[' + b",".join(tensors) + b"]}"
     if not blobs:
         return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}

@@ -15,6 +15,7 @@ import pytest
 import tritonclient.http as triton
 from kserve.protocol import infer_type as ks
 from kserve.protocol.rest import v2_datamodels as ks_models
+from pydantic_core import to_json
 
 from mcdrop.core.engine import MAX_SEED
 from mcdrop.core.errors import InputError
@@ -439,6 +440,47 @@ def test_per_output_binary_choice() -> None:
     assert result.as_numpy("label").tolist() == [b"positive"]
     assert result.as_numpy("entropy").tolist() == [pytest.approx(0.5623)]
     assert int(headers[HEADER_LENGTH]) + (4 + len("positive")) + 4 == len(payload)
+
+
+def _reference_body(predictions: list[dict[str, Any]], labels: list[str], outputs: list[str]) -> bytes:
+    """The JSON answer built the plain way: one dict per tensor, one serializer call."""
+    tensors = []
+    for name in outputs:
+        if name in ("probs", "variance", "std_error"):
+            shape, data = [len(predictions), len(labels)], [p[name][label] for p in predictions for label in labels]
+        elif name == "prediction_set":
+            shape = [len(predictions), len(labels)]
+            data = [label in p["prediction_set"] for p in predictions for label in labels]
+        elif name.startswith("decision"):
+            field = {"decision": "action", "decision_reason": "reason"}.get(name, name.removeprefix("decision_"))
+            shape, data = [len(predictions)], [p["decision"][field] for p in predictions]
+            data = [v or "" for v in data] if name == "decision_reason" else data
+        else:
+            shape, data = [len(predictions)], [p[name] for p in predictions]
+        datatype = {"label": "BYTES", "decision": "BYTES", "decision_reason": "BYTES", "prediction_set": "BOOL"}
+        dtype = datatype.get(name, "INT32" if name.startswith("n_") else "FP32")
+        tensors.append({"name": name, "datatype": dtype, "shape": shape, "data": data})
+    return to_json({**HEADER, "outputs": tensors})
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [LABELS, ['say "no"', "a],[b", "c"]],  # a label holding ``],[``: the columns are serialized one by one
+)
+@pytest.mark.parametrize("outputs", [None, ["decision_threshold", "label", "probs", "prediction_set"]])
+def test_json_body_is_the_plain_serialization(labels: list[str], outputs: list[str] | None) -> None:
+    def spread(p: dict[str, Any], k: int) -> dict[str, Any]:
+        per_class = {name: {label: round(0.1 * (i + k), 3) for i, label in enumerate(labels)} for name in LABELS}
+        threshold = None if k == 1 else 0.7  # a missing threshold is null
+        decision = {**p["decision"], "threshold": threshold}
+        fields = {"probs": per_class[LABELS[0]], "variance": per_class[LABELS[1]], "std_error": per_class[LABELS[0]]}
+        return {**p, **fields, "label": labels[k % len(labels)], "prediction_set": labels[:k], "decision": decision}
+
+    preds = [spread(calibrated("abstain", "uncertain", []), k) for k in range(3)]
+    request = InferRequest("rid", ["x"] * 3, outputs=outputs)
+    payload, headers = encode_infer_response(request, preds, labels, HEADER)
+    assert headers == {"content-type": "application/json"}
+    assert payload == _reference_body(preds, labels, outputs or CALIBRATED)
 
 
 @pytest.mark.parametrize("binary", [True, False])
