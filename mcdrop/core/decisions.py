@@ -26,11 +26,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import compress
 from typing import Any, Literal
 
 import numpy as np
-from numpy.typing import NDArray
 
 from mcdrop.core.errors import CheckpointError
 from mcdrop.core.novelty import NoveltyCalibration
@@ -45,7 +43,6 @@ COVERAGE_RANGE = (0.5, 0.99)
 SUMMARY_RISKS = (0.05, 0.1, 0.2)
 CONFORMAL_METHOD = "LAC"
 
-FloatArray = NDArray[np.float64]
 Action = Literal["accept", "abstain"]
 Reason = Literal["uncertain", "novel"]
 
@@ -53,12 +50,6 @@ Reason = Literal["uncertain", "novel"]
 SCORES: dict[str, Callable[[Sequence[float], float, float], float]] = {
     "entropy": lambda mean, entropy, mi: entropy,
     "one_minus_max_prob": lambda mean, entropy, mi: 1.0 - max(mean),
-    "mutual_information": lambda mean, entropy, mi: mi,
-}
-# The same for a batch: (mean (B, C), entropy (B,), mutual information (B,)) -> scores (B,), the same floats.
-SCORE_ARRAYS: dict[str, Callable[[FloatArray, FloatArray, FloatArray], FloatArray]] = {
-    "entropy": lambda mean, entropy, mi: entropy,
-    "one_minus_max_prob": lambda mean, entropy, mi: 1.0 - mean.max(axis=-1),
     "mutual_information": lambda mean, entropy, mi: mi,
 }
 
@@ -173,73 +164,6 @@ class Calibration:
         if policy.max_risk is None:
             raise ValueError("a decision needs max_risk")
         return self._decision(score, novelty, policy, self.threshold(policy.max_risk))
-
-    def decide_many(
-        self,
-        mean: FloatArray,
-        entropy: FloatArray,
-        mutual_information: FloatArray,
-        novelties: Sequence[float | None],
-        policies: Sequence[DecisionPolicy],
-        labels: Sequence[str],
-    ) -> tuple[list[list[str]], list[Decision | None]]:
-        """The conformal set (names from ``labels``) and the decision of each prediction, from its mean
-        probabilities (rows of ``mean``), entropy and mutual information. This runs for every served text, so the
-        comparisons are array operations over the batch and the per-policy work (threshold, quantile) is done once
-        per distinct policy; per prediction only the objects it returns are made."""
-        qhat, found = self._plans(policies)
-        sets = [list(compress(labels, row)) for row in ((1.0 - mean) <= qhat).tolist()]
-        if all(f is None for f in found):
-            return sets, [None] * len(sets)
-        scores = SCORE_ARRAYS[self.score](mean, entropy, mutual_information).tolist()
-        decisions: list[Decision | None] = []
-        for score, novelty, policy, f in zip(scores, novelties, policies, found, strict=True):
-            if f is None:
-                decisions.append(None)
-            elif f.threshold is None or (novelty is not None and novelty > policy.max_novelty):
-                decisions.append(self._decision(score, novelty, policy, f))
-            else:  # the usual case, without a call
-                action: Action = "accept" if score <= f.threshold else "abstain"
-                reason: Reason | None = None if action == "accept" else "uncertain"
-                decisions.append(Decision(action, reason, f.max_risk, score, f.threshold, novelty, policy.max_novelty))
-        return sets, decisions
-
-    def actions(
-        self,
-        mean: FloatArray,
-        entropy: FloatArray,
-        mutual_information: FloatArray,
-        novelties: Sequence[float | None],
-        policies: Sequence[DecisionPolicy],
-    ) -> list[Action | None]:
-        """Only the ``action`` of each prediction's decision (``None`` without ``max_risk``): what adaptive sampling
-        compares between rounds, with no objects made."""
-        _, found = self._plans(policies)
-        scores = SCORE_ARRAYS[self.score](mean, entropy, mutual_information).tolist()
-        out: list[Action | None] = []
-        for score, novelty, policy, f in zip(scores, novelties, policies, found, strict=True):
-            if f is None:
-                out.append(None)
-            elif f.threshold is None or (novelty is not None and novelty > policy.max_novelty):
-                out.append("abstain")
-            else:
-                out.append("accept" if score <= f.threshold else "abstain")
-        return out
-
-    def _plans(self, policies: Sequence[DecisionPolicy]) -> tuple[float | FloatArray, list[RiskThreshold | None]]:
-        """The LAC quantile (one number, or a column with a row per prediction) and the threshold (``None`` without
-        ``max_risk``) of each prediction's policy."""
-        if policies and all(policy is policies[0] for policy in policies):  # a request's texts share one object
-            policy = policies[0]
-            found = None if policy.max_risk is None else self.threshold(policy.max_risk)
-            return self.quantile(policy.coverage), [found] * len(policies)
-        plans: dict[int, tuple[float, RiskThreshold | None]] = {}  # by object: hashing a policy costs more
-        for policy in policies:
-            if id(policy) not in plans:
-                found = None if policy.max_risk is None else self.threshold(policy.max_risk)
-                plans[id(policy)] = (self.quantile(policy.coverage), found)
-        rows = [plans[id(policy)] for policy in policies]
-        return np.array([q for q, _ in rows])[:, None], [f for _, f in rows]
 
     def _decision(self, score: float, novelty: float | None, policy: DecisionPolicy, found: RiskThreshold) -> Decision:
         alpha = found.max_risk

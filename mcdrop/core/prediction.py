@@ -14,6 +14,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mcdrop.core.batch_decisions import actions, decide_many
 from mcdrop.core.decisions import Calibration, Decision, DecisionPolicy
 from mcdrop.core.text import EncodedTexts
 from mcdrop.core.uncertainty import ArraySummary
@@ -77,8 +78,14 @@ def decide(
         nothing = [None] * len(inputs)
         return nothing, nothing, nothing
     chunk_novelty = [novelty[i] for i in inputs]
-    sets, decisions = calibration.decide_many(
-        stats.mean, stats.entropy, stats.mutual_information, chunk_novelty, [policies[i] for i in inputs], labels
+    sets, decisions = decide_many(
+        calibration,
+        stats.mean,
+        stats.entropy,
+        stats.mutual_information,
+        chunk_novelty,
+        [policies[i] for i in inputs],
+        labels,
     )
     return chunk_novelty, sets, decisions
 
@@ -93,14 +100,15 @@ def verdicts(
     """What must not change over a round for an input to stop sampling when some input asks for a decision: its
     label and its accept/abstain action (``None`` for an input that asks for none)."""
     top = stats.mean.argmax(axis=-1).tolist()
-    actions = calibration.actions(
+    found = actions(
+        calibration,
         stats.mean,
         stats.entropy,
         stats.mutual_information,
         [novelty[i] for i in inputs],
         [policies[i] for i in inputs],
     )
-    return list(zip(top, actions, strict=True))
+    return list(zip(top, found, strict=True))
 
 
 def build_predictions(
