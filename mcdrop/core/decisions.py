@@ -165,32 +165,6 @@ class Calibration:
             raise ValueError("a decision needs max_risk")
         return self._decision(score, novelty, policy, self.threshold(policy.max_risk))
 
-    def decide_many(
-        self,
-        means: Sequence[Sequence[float]],
-        entropies: Sequence[float],
-        mis: Sequence[float],
-        novelties: Sequence[float | None],
-        policies: Sequence[DecisionPolicy],
-    ) -> list[tuple[list[int], Decision | None]]:
-        """The conformal set (label indices) and decision of each prediction; the per-policy work (threshold,
-        quantile) is done once per distinct policy, since this runs for every served text."""
-        score_of = self.score_of
-        plans: dict[DecisionPolicy, tuple[float, RiskThreshold | None]] = {}
-        out: list[tuple[list[int], Decision | None]] = []
-        for mean, h, mi, novelty, policy in zip(means, entropies, mis, novelties, policies, strict=True):
-            plan = plans.get(policy)
-            if plan is None:
-                found = None if policy.max_risk is None else self.threshold(policy.max_risk)
-                plan = plans[policy] = (self.quantile(policy.coverage), found)
-            qhat, found = plan
-            members = [c for c, p in enumerate(mean) if 1.0 - p <= qhat]
-            decision = None
-            if found is not None:
-                decision = self._decision(score_of(mean, h, mi), novelty, policy, found)
-            out.append((members, decision))
-        return out
-
     def _decision(self, score: float, novelty: float | None, policy: DecisionPolicy, found: RiskThreshold) -> Decision:
         alpha = found.max_risk
         threshold = found.threshold

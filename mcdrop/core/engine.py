@@ -31,10 +31,8 @@ import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import chain
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -45,6 +43,7 @@ from mcdrop.core.decisions import DecisionPolicy
 from mcdrop.core.dropout import MaskSampler
 from mcdrop.core.errors import ConfigError, McdropError, OutOfMemory
 from mcdrop.core.novelty import NgramLanguageModel
+from mcdrop.core.novelty_scoring import EncoderScorer
 from mcdrop.core.prediction import Prediction as Prediction  # where callers have always found it
 from mcdrop.core.prediction import build_predictions, decide, verdicts
 from mcdrop.core.text import EncodedTexts, Vocabulary
@@ -120,8 +119,10 @@ class MCEngine:
         self.temperature = checkpoint.temperature
         self.calibration = checkpoint.calibration
         self.novelty_model = checkpoint.novelty_model
-        # encoder id -> novelty-model id, built for the novelty model it was made with
-        self._novelty_table: tuple[NgramLanguageModel | None, np.ndarray[Any, Any], bool] = (None, np.zeros(0), False)
+        # the novelty model's scorer of encoder ids, and the novelty model it was built for (now, not on a request)
+        self._novelty_table: tuple[NgramLanguageModel | None, EncoderScorer | None] = (None, None)
+        if self.novelty_model is not None:
+            self._novelty_scorer()
         self._runner = ChunkRunner()  # chunks on one intra-op thread each, side by side (mcdrop.core.threads)
         self._parallel = self.model.stochastic_recurrence and self.model.thread_safe_tail
 
@@ -331,30 +332,19 @@ class MCEngine:
         calibration = self.calibration
         if calibration is None or calibration.novelty is None or self.novelty_model is None:
             return [None] * len(encoded)
-        nll = self._novelty_nll(encoded, list(range(len(encoded))))
-        return [float(v) for v in calibration.novelty.novelty_many(nll)]
+        nll = self._novelty_scorer().mean_nll(encoded.ids, encoded.n_tokens, encoded.tokens)
+        return list(calibration.novelty.novelty_list(nll))
 
-    def _novelty_nll(self, encoded: EncodedTexts, index: list[int]) -> np.ndarray[Any, Any]:
-        """The novelty model's mean NLL per token of each input, from the encoder's ids: the words were looked up
-        once already. Words the encoder does not know are looked up again only when the novelty model knows words
-        the encoder does not (for the shipped checkpoints it never does: both vocabularies keep words seen twice)."""
+    def _novelty_scorer(self) -> EncoderScorer:
+        """The novelty model's scorer of texts as the encoder's ids, built for the model it was made with: the words
+        were looked up once already."""
         model = self.novelty_model
         assert model is not None
         if self._novelty_table[0] is not model:
-            table = np.array([model.token_id(t) for t in self.encoder.vocab.tokens], dtype=np.int64)
-            covered = all(word in self.encoder.vocab.index for word in model.vocab)
-            self._novelty_table = (model, table, covered)
-        _, table, covered = self._novelty_table
-        ids, n_tokens = encoded.ids, encoded.n_tokens
-        lengths = [n_tokens[i] for i in index]
-        flat = np.fromiter(chain.from_iterable(ids[i][: n_tokens[i]] for i in index), dtype=np.int64)
-        lm_ids = table[flat]
-        if not covered:
-            unknown = np.flatnonzero(flat == Vocabulary.UNK_ID)
-            if unknown.size:
-                words = [w for i in index for w in encoded.tokens[i]]
-                lm_ids[unknown] = [model.token_id(words[k]) for k in unknown.tolist()]
-        return model.mean_nll_ids(lm_ids, lengths)
+            self._novelty_table = (model, model.encoder_scorer(self.encoder.vocab.tokens, Vocabulary.UNK_ID))
+        scorer = self._novelty_table[1]
+        assert scorer is not None
+        return scorer
 
     def _predict_chunk(self, job: _Job, index: list[int]) -> list[Prediction]:
         """The predictions of the inputs ``index``, each from the samples it used."""

@@ -31,6 +31,7 @@ Tokens spelled like the markers ``<s>``, ``</s>`` or ``<unk>`` are treated as un
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain, pairwise
@@ -38,6 +39,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from mcdrop.core.novelty_scoring import BigramTable, EncoderScorer
 
 FloatArray = NDArray[np.float64]
 
@@ -124,64 +127,63 @@ class NgramLanguageModel:
         for v, w, nll in zip(context.tolist(), word.tolist(), nll_seen.tolist(), strict=True):
             self._nll_seen[v][w] = nll
         self._ids = {token: index for index, token in enumerate(self.vocab, start=3)}
-        # The same numbers as arrays, for scoring a whole batch at once: seen bigrams keyed by v * size + w.
-        keys = context.astype(np.int64) * size + word
-        order = np.argsort(keys, kind="stable")
-        self._size = size
-        self._seen_keys, self._seen_nll = keys[order], nll_seen[order]
-        self._backoff_arr, self._unigram_arr = -np.log(gamma), nll_p1
+        # The same numbers as arrays, for scoring a whole batch at once (mcdrop.core.novelty_scoring).
+        self._table = BigramTable(context, word, nll_seen, -np.log(gamma), nll_p1)
 
     def mean_nll(self, tokens: Sequence[str]) -> float:
         """Mean negative log-likelihood (nats) over the tokens and the closing ``</s>``."""
-        ids, seen, backoff, unigram = self._ids, self._nll_seen, self._nll_backoff, self._nll_unigram
+        ids = self._ids
+        return self.mean_nll_of_ids([ids.get(token, _UNK) for token in tokens])
+
+    def mean_nll_of_ids(self, ids: Sequence[int]) -> float:
+        """``mean_nll`` of one text given as the model's token ids (``token_id``): terms added in order from 0."""
+        seen, backoff, unigram = self._nll_seen, self._nll_backoff, self._nll_unigram
         previous, total = _BOS, 0.0
-        for token in tokens:
-            current = ids.get(token, _UNK)
+        for current in ids:
             nll = seen[previous].get(current)
             total += backoff[previous] + unigram[current] if nll is None else nll
             previous = current
         nll = seen[previous].get(_EOS)
         total += backoff[previous] + unigram[_EOS] if nll is None else nll
-        return total / (len(tokens) + 1)
+        return total / (len(ids) + 1)
 
     def token_id(self, token: str) -> int:
         """The model's id of ``token`` (that of ``<unk>`` for a word it does not know)."""
         return self._ids.get(token, _UNK)
 
     def mean_nll_many(self, token_lists: Iterable[Sequence[str]]) -> FloatArray:
-        """``mean_nll`` of every text, as a float array (equal up to float rounding of the sums)."""
+        """``mean_nll`` of every text, as a float array (the same floats)."""
         ids = self._ids
         flat: list[int] = []
         lengths: list[int] = []
         for tokens in token_lists:
+            flat.append(_BOS)
             flat.extend([ids.get(token, _UNK) for token in tokens])
+            flat.append(_EOS)
             lengths.append(len(tokens))
-        return self.mean_nll_ids(np.array(flat, dtype=np.int64), lengths)
+        return self._table.mean_nll(np.array(flat, dtype=np.int64), lengths)
 
     def mean_nll_ids(self, ids: NDArray[np.int64], lengths: Sequence[int]) -> FloatArray:
-        """``mean_nll`` of texts given as the model's token ids, concatenated (``lengths[i]`` ids each).
-
-        It runs for every served text, so it is array operations over the whole batch: the bigram look-ups are a
-        search in the sorted keys ``v * size + w`` and the per-text means one ``reduceat``.
-        """
+        """``mean_nll`` of texts given as the model's token ids, concatenated (``lengths[i]`` ids each)."""
         if not len(lengths):
             return np.zeros(0, dtype=np.float64)
-        counts = np.asarray(lengths, dtype=np.int64) + 1  # each text's tokens and its </s>
+        counts = np.asarray(lengths, dtype=np.int64) + 2  # each text's tokens between <s> and </s>
         ends = np.cumsum(counts) - 1
-        starts = ends - counts + 1
-        cur = np.full(int(counts.sum()), _EOS, dtype=np.int64)
-        mask = np.ones(cur.size, dtype=bool)
-        mask[ends] = False
-        cur[mask] = ids
-        prev = np.empty_like(cur)
-        prev[1:] = cur[:-1]
-        prev[starts] = _BOS  # each text starts after <s>, not after the previous text's </s>
-        keys = prev * self._size + cur
-        at = np.minimum(np.searchsorted(self._seen_keys, keys), len(self._seen_keys) - 1)
-        seen = self._seen_keys[at] == keys
-        nll = np.where(seen, self._seen_nll[at], self._backoff_arr[prev] + self._unigram_arr[cur])
-        out: FloatArray = np.add.reduceat(nll, starts) / counts
-        return out
+        sequence = np.full(int(counts.sum()), _EOS, dtype=np.int64)
+        sequence[ends - counts + 1] = _BOS
+        inside = np.ones(sequence.size, dtype=bool)
+        inside[ends] = False
+        inside[ends - counts + 1] = False
+        sequence[inside] = ids
+        return self._table.mean_nll(sequence, lengths)
+
+    def encoder_scorer(self, tokens: Sequence[str], unknown_id: int) -> EncoderScorer:
+        """A scorer of texts given as the ids of an encoder whose id ``i`` is ``tokens[i]`` (``unknown_id`` its id
+        for every word it does not know); see :class:`~mcdrop.core.novelty_scoring.EncoderScorer`."""
+        known = set(tokens)
+        covered = all(word in known for word in self.vocab)
+        to_model = [self._ids.get(token, _UNK) for token in tokens]
+        return EncoderScorer(self._table, self.mean_nll_of_ids, to_model, unknown_id, self.token_id, covered)
 
     def next_token_probs(self, previous: str | None) -> dict[str, float]:
         """P(next | previous) over the vocabulary, ``</s>`` and the ``<unk>`` class; ``None`` = text start.
@@ -267,6 +269,7 @@ class NoveltyCalibration:
         if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
             raise ValueError("calibration scores must be a non-empty 1-D array of finite numbers")
         self.scores: FloatArray = np.sort(values)
+        self._ordered: list[float] = self.scores.tolist()
 
     def novelty(self, score: float) -> float:
         """Share of calibration texts with a strictly lower score: 0 = typical ... 1 = unlike all of them."""
@@ -276,6 +279,14 @@ class NoveltyCalibration:
         """``novelty`` of every score (NaN counts as beyond all calibration scores)."""
         ranks = np.searchsorted(self.scores, np.asarray(scores, dtype=np.float64), side="left")
         return np.asarray(ranks / self.scores.size, dtype=np.float64)
+
+    def novelty_list(self, scores: Sequence[float] | FloatArray) -> list[float]:
+        """``novelty_many`` as a list; a few scores in a list by bisection of the sorted list, cheaper than arrays."""
+        if isinstance(scores, np.ndarray) or len(scores) > 8:
+            values: list[float] = self.novelty_many(scores).tolist()
+            return values
+        ordered, size = self._ordered, len(self._ordered)
+        return [bisect_left(ordered, s) / size if s == s else 1.0 for s in scores]  # s != s: NaN, beyond all
 
     def to_json(self) -> dict[str, Any]:
         """The sorted calibration scores (floats round-trip exactly through JSON)."""

@@ -14,11 +14,13 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mcdrop.core.decisions import Calibration, Decision, DecisionPolicy, score_values
+from mcdrop.core.batch_decisions import actions, decide_many
+from mcdrop.core.decisions import Calibration, Decision, DecisionPolicy
 from mcdrop.core.text import EncodedTexts
 from mcdrop.core.uncertainty import ArraySummary
 
-Decided = tuple[float | None, list[str] | None, Decision | None]  # novelty, conformal set, decision
+# novelty, conformal set and decision of each prediction of a chunk
+Decided = tuple[Sequence[float | None], Sequence[list[str] | None], Sequence[Decision | None]]
 
 
 @dataclass(frozen=True)
@@ -69,23 +71,23 @@ def decide(
     inputs: Sequence[int],
     policies: Sequence[DecisionPolicy],
     novelty: Sequence[float | None],
-) -> list[Decided]:
+) -> Decided:
     """Novelty, conformal set and decision of each of ``inputs`` (rows of ``stats``; all ``None`` without a
     calibration); ``policies`` and ``novelty`` are indexed by input."""
     if calibration is None:
-        return [(None, None, None)] * len(inputs)
+        nothing = [None] * len(inputs)
+        return nothing, nothing, nothing
     chunk_novelty = [novelty[i] for i in inputs]
-    decided = calibration.decide_many(
-        stats.mean.tolist(),
-        stats.entropy.tolist(),
-        stats.mutual_information.tolist(),
+    sets, decisions = decide_many(
+        calibration,
+        stats.mean,
+        stats.entropy,
+        stats.mutual_information,
         chunk_novelty,
         [policies[i] for i in inputs],
+        labels,
     )
-    return [
-        (v, [labels[c] for c in members], decision)
-        for v, (members, decision) in zip(chunk_novelty, decided, strict=True)
-    ]
+    return chunk_novelty, sets, decisions
 
 
 def verdicts(
@@ -98,13 +100,15 @@ def verdicts(
     """What must not change over a round for an input to stop sampling when some input asks for a decision: its
     label and its accept/abstain action (``None`` for an input that asks for none)."""
     top = stats.mean.argmax(axis=-1).tolist()
-    scores = score_values(calibration.score, stats.mean, stats.entropy.tolist(), stats.mutual_information.tolist())
-    out: list[Hashable] = []
-    for j, i in enumerate(inputs):
-        policy = policies[i]
-        decision = None if policy.max_risk is None else calibration.decide(scores[j], novelty[i], policy)
-        out.append((top[j], None if decision is None else decision.action))
-    return out
+    found = actions(
+        calibration,
+        stats.mean,
+        stats.entropy,
+        stats.mutual_information,
+        [novelty[i] for i in inputs],
+        [policies[i] for i in inputs],
+    )
+    return list(zip(top, found, strict=True))
 
 
 def build_predictions(
@@ -113,16 +117,17 @@ def build_predictions(
     encoded: EncodedTexts,
     inputs: Sequence[int],
     n_used: Sequence[int],
-    decided: Sequence[Decided],
+    decided: Decided,
 ) -> list[Prediction]:
     """One :class:`Prediction` per row of ``stats``; ``inputs`` are their indices in ``encoded``, ``n_used`` the
-    samples each used."""
+    samples each used, ``decided`` what :func:`decide` found for them."""
     # One bulk conversion to Python floats: per-element array access costs more than the maths.
     mean, var, err = (a.tolist() for a in (stats.mean, stats.variance, stats.std_error))
     top = stats.mean.argmax(axis=-1).tolist()
     ent, exp_ent, mi, vr = (
         a.tolist() for a in (stats.entropy, stats.expected_entropy, stats.mutual_information, stats.variation_ratio)
     )
+    novelty, sets, decisions = decided
     return [
         Prediction(
             label=labels[top[j]],
@@ -137,9 +142,9 @@ def build_predictions(
             n_tokens=encoded.n_tokens[i],
             n_known_tokens=encoded.n_known_tokens[i],
             n_samples_used=n_used[j],
-            novelty=decided[j][0],
-            prediction_set=decided[j][1],
-            decision=decided[j][2],
+            novelty=novelty[j],
+            prediction_set=sets[j],
+            decision=decisions[j],
         )
         for j, i in enumerate(inputs)
     ]

@@ -7,9 +7,11 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import MakeCheckpoint, tiny_calibration
+from mcdrop.core.batch_decisions import actions, decide_many
 from mcdrop.core.checkpoint import CALIBRATION_FILE, NOVELTY_FILE, load_checkpoint
 from mcdrop.core.decisions import Calibration, DecisionPolicy
 from mcdrop.core.engine import load_engine
@@ -115,3 +117,43 @@ def test_uncalibrated_engine_refuses_a_decision(make_checkpoint: MakeCheckpoint,
     with pytest.raises(ConfigError, match="has no calibration"):
         engine.predict(["a film"], n_samples=4, seed=0, policy=DecisionPolicy(max_risk=0.1))
     assert math.isfinite(plain.entropy)
+
+
+@pytest.mark.parametrize("n_labels", [3, 12])
+@pytest.mark.parametrize("score", ["entropy", "one_minus_max_prob", "mutual_information"])
+def test_a_batch_decides_like_one_prediction_at_a_time(score: str, n_labels: int) -> None:
+    base, _ = tiny_calibration()
+    assert base.novelty is not None
+    calibration = Calibration(score, base.scores, base.errors, base.nonconformity, None, base.novelty.scores)
+    rng = np.random.default_rng(0)
+    mean = rng.dirichlet([0.5] * n_labels, size=40)
+    entropy, mi = rng.uniform(0, 1.1, 40), rng.uniform(0, 0.3, 40)
+    novelties = [None if i % 7 == 0 else float(v) for i, v in enumerate(rng.uniform(0, 1, 40))]
+    shared = DecisionPolicy(max_risk=0.3, coverage=0.8)
+    kinds = [shared, DecisionPolicy(), DecisionPolicy(max_risk=0.01), DecisionPolicy(max_risk=0.2, max_novelty=0.5)]
+    mixes = {
+        "one policy": [shared] * 40,
+        "several": [kinds[i % 4] for i in range(40)],
+        "no decisions": [DecisionPolicy(coverage=0.95)] * 40,
+    }
+    labels = [f"label{c}" for c in range(n_labels)]
+    for policies in mixes.values():
+        sets, decisions = [], []
+        for start, size in ((0, 1), (1, 2), (3, 37)):  # one at a time, and as arrays
+            chunk = slice(start, start + size)
+            part = decide_many(
+                calibration, mean[chunk], entropy[chunk], mi[chunk], novelties[chunk], policies[chunk], labels
+            )
+            sets += part[0]
+            decisions += part[1]
+        found = actions(calibration, mean, entropy, mi, novelties, policies)
+        for i, policy in enumerate(policies):
+            row = mean[i].tolist()
+            assert sets[i] == [labels[c] for c in calibration.prediction_set(row, policy.coverage)]
+            expected = None
+            if policy.max_risk is not None:
+                value = calibration.score_of(row, float(entropy[i]), float(mi[i]))
+                expected = calibration.decide(value, novelties[i], policy)
+            assert decisions[i] == expected
+            assert found[i] == (None if expected is None else expected.action)
+    assert decide_many(calibration, mean[:0], entropy[:0], mi[:0], [], [], labels) == ([], [])
