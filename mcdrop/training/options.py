@@ -61,6 +61,8 @@ class TrainOptions:
     lexicon_prior: bool = False
     token_dropout: float = 0.0
     bag_skip: bool = False
+    distill_from: str | None = None
+    distill_weight: float = 0.5
     device: str = "cpu"
 
     def check(self) -> None:
@@ -97,6 +99,7 @@ class TrainOptions:
                 "--weight-dropout": self.weight_dropout,
                 "--output-dropout": self.output_dropout,
                 "--token-dropout": self.token_dropout,
+                "--distill-weight": self.distill_weight,
             }
         )
         return probs

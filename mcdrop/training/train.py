@@ -29,8 +29,9 @@ from torch import Tensor
 from mcdrop.core.checkpoint import Checkpoint, save_checkpoint
 from mcdrop.core.checkpoint_checks import DEFAULT_TEMPERATURE
 from mcdrop.core.contract import MCModel
-from mcdrop.core.engine import MCEngine
+from mcdrop.core.engine import MCEngine, load_engine
 from mcdrop.core.ensemble import DropoutEnsemble
+from mcdrop.core.errors import ConfigError
 from mcdrop.core.registry import MODEL_CLASSES, build_model
 from mcdrop.core.text import TextEncoder
 from mcdrop.training.calibrate import build_calibration, fit_novelty_model
@@ -116,6 +117,7 @@ def _fit(options: TrainOptions, splits: DataSplits) -> tuple[MCModel, TextEncode
         encoder, n_trained = extend_vocabulary(encoder, sorted(valence))
         prior = prior_table(encoder.vocab, valence)
     train_ids, val_ids = encoder.encode(splits.train.texts).ids, encoder.encode(splits.validation.texts).ids
+    targets = _training_targets(splits, options)
     members: list[MCModel] = []
     histories: list[History] = []
     for k in range(options.ensemble_size):
@@ -133,10 +135,25 @@ def _fit(options: TrainOptions, splits: DataSplits) -> tuple[MCModel, TextEncode
         member.to(options.device)
         if options.ensemble_size > 1:
             logger.info("ensemble member %d of %d (seed %d)", k + 1, options.ensemble_size, options.seed + k)
-        histories.append(fit_model(member, train_ids, splits.train.labels, val_ids, splits.validation.labels, options))
+        histories.append(fit_model(member, train_ids, targets, val_ids, splits.validation.labels, options))
         members.append(member.to("cpu"))
     model = members[0] if len(members) == 1 else DropoutEnsemble(members)
     return model, encoder, _merged(histories)
+
+
+def _training_targets(splits: DataSplits, options: TrainOptions) -> Tensor:
+    """Label ids, or with ``distill_from`` soft targets: ``1 - w`` of the label and ``w`` of a trained teacher's
+    MC mean probabilities on each training text (knowledge distillation; the teacher saw the same split)."""
+    labels = torch.tensor(splits.train.labels)
+    if not options.distill_from:
+        return labels
+    teacher = load_engine(options.distill_from, device="cpu")
+    if teacher.labels != list(splits.label_names):
+        raise ConfigError(f"--distill-from: the teacher's labels {teacher.labels} differ from the data's")
+    probs = teacher.predict_samples(splits.train.texts, teacher.default_n_samples, options.eval_seed).mean(0)
+    hard = torch.nn.functional.one_hot(labels, len(splits.label_names)).float()
+    logger.info("distilling %s (weight %.2f) into the training targets", options.distill_from, options.distill_weight)
+    return (1.0 - options.distill_weight) * hard + options.distill_weight * probs
 
 
 def _merged(histories: list[History]) -> History:
@@ -277,6 +294,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     shift.add_argument(
         "--lexicon-prior", action="store_true", help="fixed valence-lexicon features per token (vaderSentiment)"
     )
+    shift.add_argument(
+        "--distill-from", default=None, help="a trained checkpoint whose MC probabilities are soft targets"
+    )
+    shift.add_argument("--distill-weight", type=float, default=d.distill_weight, help="share of the soft targets")
     shift.add_argument("--bag-skip", action="store_true", help="gru: pool the step inputs' mean beside the states")
     shift.add_argument(
         "--token-dropout", type=float, default=d.token_dropout, help="drop tokens (not their prior) in training only"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,22 @@ def test_an_ensemble_with_the_lexicon_prior_trains_and_serves(reviews_csv: Path,
     assert set(report["standin_shift"]) == {"validation", "rare_vocabulary", "typos"}
     engine = MCEngine(checkpoint, device="cpu")
     assert engine.predict(["superb fun"], n_samples=8, seed=0)[0].label in ("bad", "good", "meh")
+
+
+def test_a_gru_distilled_from_a_trained_mlp(reviews_csv: Path, tmp_path: Path) -> None:
+    assert _train(reviews_csv, tmp_path / "teacher", *MLP_FLAGS) == 0
+    teacher = tmp_path / "teacher" / "tiny"
+    flags = (*GRU_FLAGS, "--distill-from", str(teacher), "--distill-weight", "0.6", "--bag-skip")
+    assert _train(reviews_csv, tmp_path / "student", *flags) == 0
+    config = json.loads((tmp_path / "student" / "tiny" / "config.json").read_text())
+    assert config["training"]["hyper_parameters"]["distill_from"] == str(teacher)
+    assert config["model_params"]["bag_skip"] is True
+    assert config["metrics"]["mc"]["accuracy"] > 0.4  # three labels: chance is 1/3
+
+
+def test_distilling_from_a_model_with_other_labels_is_refused(
+    reviews_csv: Path, tmp_path: Path, make_checkpoint: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    teacher = make_checkpoint("mlp", labels=("negative", "positive"))
+    assert _train(reviews_csv, tmp_path / "student", *GRU_FLAGS, "--distill-from", str(teacher)) == 2
+    assert "--distill-from: the teacher's labels ['negative', 'positive'] differ" in capsys.readouterr().err
