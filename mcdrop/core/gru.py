@@ -132,12 +132,16 @@ class DropoutGRU(nn.Module):
 
     def _recurrence(self, x: Tensor, lengths: Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:
         """``(N, T, E)`` embeddings → pooled features ``(N, F)``: max and mean over each text's steps."""
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        if weights is None:
-            output, _ = self.gru(packed)
+        if bool((lengths == x.shape[1]).all()):
+            # every row is a whole sequence (one text, or texts of one length): no packing, the same numbers
+            states = self.gru(x)[0] if weights is None else functional_call(self.gru, weights, (x,))[0]
         else:
-            output, _ = functional_call(self.gru, weights, (packed,))
-        states, _ = pad_packed_sequence(output, batch_first=True)  # (N, T, F/2)
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            if weights is None:
+                output, _ = self.gru(packed)
+            else:
+                output, _ = functional_call(self.gru, weights, (packed,))
+            states, _ = pad_packed_sequence(output, batch_first=True)  # (N, T, F/2)
         steps = torch.arange(states.shape[1], device=states.device)
         valid = (steps[None, :] < lengths.to(states.device)[:, None]).unsqueeze(-1)  # (N, T, 1)
         maximum = states.masked_fill(~valid, float("-inf")).amax(dim=1)  # amax: no argmax indices to compute
