@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.peers import check_equivalent, padded_ids, peer_runners, plain_model
+from benchmarks.peers import check_equivalent, padded_ids, peer_runners, plain_models
 from mcdrop.core.checkpoint import load_checkpoint
 from mcdrop.core.engine import MCEngine
 from mcdrop.core.uncertainty import summary_arrays
@@ -70,7 +70,7 @@ def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int, budget_s
 def bench_model(path: Path, batch_sizes: list[int], n_samples: list[int], repeats: int, budget_s: float) -> None:
     checkpoint = load_checkpoint(path)
     engine = MCEngine(checkpoint, device="cpu")
-    plain = plain_model(checkpoint)
+    plain = plain_models(checkpoint)
     sentences = validation_sentences(max(batch_sizes))
     gap = check_equivalent(checkpoint, plain, sentences[:64])
     print(f"\n{checkpoint.name}: plain module vs mcdrop, deterministic logits, max |diff| = {gap:.2e}")

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: find benchmarks.peers
 
-from benchmarks.peers import baal_runner, padded_ids, plain_model
+from benchmarks.peers import baal_runner, members_in_turn, padded_ids, plain_models
 from mcdrop.core.checkpoint import load_checkpoint
 from mcdrop.core.engine import MCEngine, random_seed
 from mcdrop.core.uncertainty import entropy
@@ -73,7 +73,8 @@ class BaalAPI(_Batched):
     def setup(self, device: str) -> None:
         torch.set_num_threads(self.threads)
         self.checkpoint = load_checkpoint(self.model_path)
-        self.run = baal_runner(plain_model(self.checkpoint), self.checkpoint.temperature)
+        temperature = self.checkpoint.temperature
+        self.run = members_in_turn([baal_runner(p, temperature) for p in plain_models(self.checkpoint)])
 
     def predict(self, requests: list[Request]) -> list[dict[str, Any]]:
         texts = [t for ts, _ in requests for t in ts]

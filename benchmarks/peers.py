@@ -1,10 +1,11 @@
 """The shipped models as plain torch modules, and the MC dropout libraries a user would reach for without mcdrop.
 
 ``PlainMLP`` and ``PlainGRU`` compute exactly what :class:`~mcdrop.core.mlp.DropoutMLP` and
-:class:`~mcdrop.core.gru.DropoutGRU` compute, with ``nn.Dropout`` layers (switched on the way each library
-switches dropout on) instead of mcdrop's samplers, and take one padded id tensor ``(B, L)`` as their only input,
-as those libraries expect. ``peer_runners`` returns, per library, a function ``(ids, n_samples) -> probabilities
-(n_samples, B, C)``:
+:class:`~mcdrop.core.gru.DropoutGRU` compute (their fixed token prior included), with ``nn.Dropout`` layers
+(switched on the way each library switches dropout on) instead of mcdrop's samplers, and take one padded id tensor
+``(B, L)`` as their only input, as those libraries expect. An ensemble checkpoint becomes one plain module per
+member, and each library runs them the way a user would: member ``k`` for the samples ``s`` with ``s mod K = k``.
+``peer_runners`` returns, per library, a function ``(ids, n_samples) -> probabilities (n_samples, B, C)``:
 
 * ``baal``: ``patch_module`` + ``ModelWrapper.predict_on_batch`` (the input replicated N times in memory),
 * ``torch-uncertainty``: ``mc_dropout(..., on_batch=True)``, loaded from its module file (the package's
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mcdrop.core.checkpoint import Checkpoint
+from mcdrop.core.ensemble import DropoutEnsemble
 from mcdrop.core.gru import DropoutGRU
 from mcdrop.core.mlp import DropoutMLP
 
@@ -41,12 +43,19 @@ class PlainMLP(nn.Module):
         super().__init__()
         self.bag = copy.deepcopy(source.bag)
         self.bag_bias = nn.Parameter(source.bag_bias.detach().clone())
+        self.prior = (
+            nn.EmbeddingBag.from_pretrained(source.token_prior.clone(), mode="mean", padding_idx=0)
+            if source.prior_dim
+            else None
+        )
         self.dropouts = nn.ModuleList(nn.Dropout(d.p) for d in source.dropouts)
         self.hidden = copy.deepcopy(source.hidden)
         self.classifier = copy.deepcopy(source.classifier)
 
     def forward(self, ids: Tensor) -> Tensor:
         x = torch.relu(self.bag(ids) + self.bag_bias)  # a 2-D input: padding_idx 0 is left out of each mean
+        if self.prior is not None:
+            x = torch.cat([x, self.prior(ids)], dim=-1)
         for dropout, linear in zip(self.dropouts, self.hidden, strict=False):
             x = torch.relu(linear(dropout(x)))
         logits: Tensor = self.classifier(self.dropouts[-1](x))
@@ -59,9 +68,10 @@ class PlainGRU(nn.Module):
 
     def __init__(self, source: DropoutGRU) -> None:
         super().__init__()
-        if source.word_dropout.p or source.weight_dropout_p:
-            raise ValueError("the plain GRU covers input and output dropout only")
+        if source.word_dropout.p or source.weight_dropout_p or source.bag_skip:
+            raise ValueError("the plain GRU covers input and output dropout and the prior only")
         self.embedding = copy.deepcopy(source.embedding)
+        self.prior = nn.Embedding.from_pretrained(source.token_prior.clone()) if source.prior_dim else None
         self.input_dropout = nn.Dropout(source.input_dropout.p)
         self.gru = copy.deepcopy(source.gru)
         self.output_dropout = nn.Dropout(source.output_dropout.p)
@@ -71,6 +81,8 @@ class PlainGRU(nn.Module):
         lengths = (ids != 0).sum(dim=1).clamp_min(1)
         x = self.embedding(ids)
         x = x * self.input_dropout(x.new_ones(x.shape[0], 1, x.shape[2]))  # locked: one mask per text
+        if self.prior is not None:
+            x = torch.cat([x, self.prior(ids)], dim=-1)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         states, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True)
         valid = (torch.arange(states.shape[1])[None, :] < lengths[:, None]).unsqueeze(-1)
@@ -81,13 +93,20 @@ class PlainGRU(nn.Module):
         return logits
 
 
-def plain_model(checkpoint: Checkpoint) -> nn.Module:
-    model = checkpoint.model
+def _plain(model: object) -> nn.Module:
     if isinstance(model, DropoutMLP):
         return PlainMLP(model).eval()
     if isinstance(model, DropoutGRU):
         return PlainGRU(model).eval()
     raise TypeError(f"no plain counterpart for {type(model).__name__}")
+
+
+def plain_models(checkpoint: Checkpoint) -> list[nn.Module]:
+    """One plain module per member (one for a single model)."""
+    model = checkpoint.model
+    if isinstance(model, DropoutEnsemble):
+        return [_plain(member) for member in model.members]
+    return [_plain(model)]
 
 
 def padded_ids(checkpoint: Checkpoint, texts: Sequence[str]) -> Tensor:
@@ -99,11 +118,14 @@ def padded_ids(checkpoint: Checkpoint, texts: Sequence[str]) -> Tensor:
     return out
 
 
-def check_equivalent(checkpoint: Checkpoint, plain: nn.Module, texts: Sequence[str]) -> float:
-    """Largest difference between the plain module's and mcdrop's deterministic logits (dropout off)."""
+def check_equivalent(checkpoint: Checkpoint, plains: Sequence[nn.Module], texts: Sequence[str]) -> float:
+    """Largest difference between the plain modules' and mcdrop's deterministic probabilities (dropout off; an
+    ensemble's are its members' mean)."""
     batch = checkpoint.model.make_input(checkpoint.encoder.encode(texts).ids)
+    ids = padded_ids(checkpoint, texts)
     with torch.inference_mode():
-        return float((plain.eval()(padded_ids(checkpoint, texts)) - checkpoint.model(batch)).abs().max())
+        plain = torch.stack([torch.softmax(m.eval()(ids), dim=-1) for m in plains]).mean(0)
+        return float((plain - torch.softmax(checkpoint.model(batch), dim=-1)).abs().max())
 
 
 def load_module_file(package: str, relative: str, name: str) -> ModuleType:
@@ -159,9 +181,26 @@ def loop_runner(plain: nn.Module, temperature: float) -> Runner:
     return run
 
 
-def peer_runners(plain: nn.Module, temperature: float) -> dict[str, Runner]:
-    return {
-        "baal": baal_runner(plain, temperature),
-        "torch-uncertainty": torch_uncertainty_runner(plain, temperature),
-        "loop": loop_runner(plain, temperature),
+def members_in_turn(runners: Sequence[Runner]) -> Runner:
+    """One runner over an ensemble's members: member ``k`` computes the samples ``s`` with ``s mod K = k``."""
+    if len(runners) == 1:
+        return runners[0]
+
+    def run(ids: Tensor, n_samples: int) -> Tensor:
+        size = len(runners)
+        parts = [r(ids, len(range(k, n_samples, size))) for k, r in enumerate(runners) if k < n_samples]
+        out = parts[0].new_empty(n_samples, *parts[0].shape[1:])
+        for k, part in enumerate(parts):
+            out[k::size] = part
+        return out
+
+    return run
+
+
+def peer_runners(plains: Sequence[nn.Module], temperature: float) -> dict[str, Runner]:
+    makers: dict[str, Callable[[nn.Module, float], Runner]] = {
+        "baal": baal_runner,
+        "torch-uncertainty": torch_uncertainty_runner,
+        "loop": loop_runner,
     }
+    return {name: members_in_turn([make(p, temperature) for p in plains]) for name, make in makers.items()}
