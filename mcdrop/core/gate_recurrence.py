@@ -49,7 +49,8 @@ def gate_recurrence(gru: nn.GRU, projected: Tensor, lengths: Tensor, masks: Tens
     names = _directions(gru)
     n_dir, hidden = len(names), gru.hidden_size
     batch, steps = projected.shape[:2]
-    w_hh = torch.stack([gru.get_parameter("weight_hh" + d) for d in names]).transpose(1, 2).contiguous()  # (D, H, 3H)
+    w_hh = torch.stack([gru.get_parameter("weight_hh" + d) for d in names]).transpose(1, 2)  # (D, H, 3H)
+    w_rz, w_n = w_hh[..., : 2 * hidden].contiguous(), w_hh[..., 2 * hidden :].contiguous()
     b_ih = torch.stack([gru.get_parameter("bias_ih" + d) for d in names])  # (D, 3H)
     b_hh = torch.stack([gru.get_parameter("bias_hh" + d) for d in names])
     # r and z take both biases with the input side; n's recurrent bias stays inside r⊙(...)
@@ -76,10 +77,9 @@ def gate_recurrence(gru: nn.GRU, projected: Tensor, lengths: Tensor, masks: Tens
     for k in range(steps):
         x = inputs[k] + bias if keep is None else torch.addcmul(bias, inputs[k], keep)
         x = x.expand(n_dir, n_samples, batch, 3 * hidden).reshape(n_dir, rows, 3 * hidden)
-        gh = torch.bmm(h, w_hh)
-        rz = torch.sigmoid(x[..., : 2 * hidden] + gh[..., : 2 * hidden])
+        rz = torch.sigmoid(torch.baddbmm(x[..., : 2 * hidden], h, w_rz))
         r, z = rz[..., :hidden], rz[..., hidden:]
-        n = _tanh(torch.addcmul(x[..., 2 * hidden :], r, gh[..., 2 * hidden :] + bias_hn))
+        n = _tanh(torch.addcmul(x[..., 2 * hidden :], r, torch.baddbmm(bias_hn, h, w_n)))
         h = torch.where(valid_rows[k], torch.lerp(n, h, z), h)
         states.append(h)
     stacked = torch.stack(states)  # (T, D, S·B, H)
