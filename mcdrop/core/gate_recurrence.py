@@ -4,7 +4,7 @@
 on its input makes every Monte Carlo sample redo both. Here the projection ``W_ih·x_t`` of every step is computed
 once per input (:func:`input_projections`, the model's deterministic prefix) and each sample's time-locked dropout
 mask acts on it, one value per gate pre-activation and direction for all time steps; :func:`gate_recurrence` then
-runs the recurrence over ``S × B`` rows at once, one batched matmul per step for both directions:
+runs the recurrence over ``S × B`` rows at once, both directions in the same two batched matmuls per step:
 
     r = σ(m_r⊙W_ir·x + b_ir + W_hr·h + b_hr)      z = σ(m_z⊙W_iz·x + b_iz + W_hz·h + b_hz)
     n = tanh(m_n⊙W_in·x + b_in + r⊙(W_hn·h + b_hn))      h' = (1 − z)⊙n + z⊙h
