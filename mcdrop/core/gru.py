@@ -4,7 +4,9 @@ Embedding → word/locked dropout → GRU → max+mean pooling → dropout → L
 
 Where the dropout sits is a trade-off the checkpoint reports as ``dropout_placement``: before the recurrence, N
 samples cost ~N GRU passes on a CPU; only after it, ~1 pass (the GRU is then part of the deterministic prefix), but
-the samples see the same recurrent features and the uncertainty is poorer.
+the samples see the same recurrent features and the uncertainty is poorer. On the gate inputs
+(``gate_dropout_p``), the GRU's input projections are computed once per text and each sample re-runs only the
+recurrent half, with a time-locked mask on the projections (:mod:`mcdrop.core.gate_recurrence`).
 
 With ``prior_dim`` > 0 each step's input also carries the token's row of a fixed ``token_prior`` table (a buffer:
 stored with the weights, never trained, never dropped): word knowledge from outside the training corpus (see
@@ -30,6 +32,7 @@ from mcdrop.core.dropout import (
     inverted_dropout_mask,
 )
 from mcdrop.core.errors import ConfigError
+from mcdrop.core.gate_recurrence import gate_recurrence, input_projections
 
 
 class DropoutGRU(nn.Module):
@@ -41,6 +44,10 @@ class DropoutGRU(nn.Module):
         weight_dropout_p: DropConnect on the recurrent weight matrices; in MC mode each sample needs its own
             weights, so N samples cost N GRU passes on any device.
         output_dropout_p: dropout on the pooled features before the classifier.
+        gate_dropout_p: time-locked dropout on the input projections ``W_ih·x_t`` of the GRU's gates (one mask
+            per sample over the gate pre-activations of each direction, shared by every step); the projections
+            are part of the prefix, so each sample re-runs only the recurrent half. One layer only, and instead
+            of word, input and weight dropout.
         max_tokens: longest token sequence accepted (the encoder's ``max_tokens``).
         prior_dim: width of the fixed per-token prior features appended to each step's input (0: none).
         token_dropout_p: drop whole token embeddings during training only (never the prior, never in Monte Carlo
@@ -68,10 +75,17 @@ class DropoutGRU(nn.Module):
         prior_dim: int = 0,
         token_dropout_p: float = 0.0,
         bag_skip: bool = False,
+        gate_dropout_p: float = 0.0,
     ) -> None:
         super().__init__()
         if num_layers not in (1, 2):
             raise ConfigError(f"num_layers must be 1 or 2 (got {num_layers})")
+        self.gate_dropout_p = check_probability("gate_dropout_p", gate_dropout_p)
+        if self.gate_dropout_p > 0 and (num_layers != 1 or word_dropout_p or input_dropout_p or weight_dropout_p):
+            raise ConfigError(
+                "gate_dropout_p needs num_layers 1 and no word, input or weight dropout (it replaces them: the "
+                "input projections are computed once per text)"
+            )
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.word_dropout = WordDropout(check_probability("word_dropout_p", word_dropout_p), max_tokens)
         self.input_dropout = MCDropout(check_probability("input_dropout_p", input_dropout_p), shared_axes=(0,))
@@ -93,15 +107,21 @@ class DropoutGRU(nn.Module):
     @property
     def stochastic_recurrence(self) -> bool:
         """True when dropout sits before or inside the recurrence, so the GRU is part of the stochastic tail."""
+        return self._before_recurrence or self.gate_dropout_p > 0
+
+    @property
+    def _before_recurrence(self) -> bool:
         return self.word_dropout.p > 0 or self.input_dropout.p > 0 or self.weight_dropout_p > 0
 
     @property
     def dropout_placement(self) -> str:
-        return "before_recurrence" if self.stochastic_recurrence else "after_recurrence"
+        if self.gate_dropout_p > 0:
+            return "gate_inputs"
+        return "before_recurrence" if self._before_recurrence else "after_recurrence"
 
     @property
     def mc_active(self) -> bool:
-        return self.weight_dropout_p > 0 or has_active_dropout(self)
+        return self.weight_dropout_p > 0 or self.gate_dropout_p > 0 or has_active_dropout(self)
 
     @property
     def thread_safe_tail(self) -> bool:
@@ -166,19 +186,32 @@ class DropoutGRU(nn.Module):
 
     def prefix(self, batch: ModelInput) -> tuple[Tensor, ...]:
         """Embeddings ``(B, T, E)`` (and prior features ``(B, T, P)``) when the recurrence is stochastic, else
-        pooled GRU features ``(B, F)``; the lengths last."""
+        pooled GRU features ``(B, F)``; the lengths last. Dropout on the gate inputs: the input projections
+        ``(B, T, D·3H)`` (and the bag-skip mean) outside train mode, where they move into the tail, after the
+        training-only token dropout."""
         if batch.lengths is None:
             raise ValueError("DropoutGRU needs a sequence batch: build it with DropoutGRU.make_input")
         embedded = self.embedding(batch.ids)
         prior = nn.functional.embedding(batch.ids, self.token_prior) if self.prior_dim else None
+        if self.gate_dropout_p > 0 and not self.training:
+            return self._projected(self._with_prior(embedded, prior), batch.lengths)
         if self.stochastic_recurrence:
             return (embedded, batch.lengths) if prior is None else (embedded, prior, batch.lengths)
         return self._recurrence(self._with_prior(embedded, prior), batch.lengths), batch.lengths
 
+    def _projected(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
+        """The gate placement's per-text state: projections ``(B, T, D·3H)``, the bag-skip mean, the lengths."""
+        projected = input_projections(self.gru, x)
+        if not self.bag_skip:
+            return projected, lengths
+        return projected, x.sum(dim=1) / lengths.to(x.device, x.dtype).unsqueeze(-1), lengths
+
     def stochastic_tail(self, state: tuple[Tensor, ...], sampler: MaskSampler | None = None) -> Tensor:
         """Logits ``(B, C)``, or ``(S, B, C)`` with a sampler."""
         h, lengths = state[0], state[-1]
-        if self.stochastic_recurrence:
+        if self.gate_dropout_p > 0:
+            h = self._gate_samples(state, sampler)
+        elif self.stochastic_recurrence:
             prior = state[1] if len(state) == 3 else None
             h = self._stochastic_recurrence(h, prior, lengths, sampler)
         else:
@@ -186,13 +219,38 @@ class DropoutGRU(nn.Module):
         logits: Tensor = self.classifier(self.output_dropout(h, sampler))
         return logits
 
+    def _token_dropout(self, x: Tensor, sampler: MaskSampler | None) -> Tensor:
+        if sampler is None and self.training and self.token_dropout_p > 0:
+            return x * inverted_dropout_mask((*x.shape[:-1], 1), self.token_dropout_p, device=x.device)
+        return x
+
+    def _gate_samples(self, state: tuple[Tensor, ...], sampler: MaskSampler | None) -> Tensor:
+        """Pooled features ``(B, F)`` or ``(S, B, F)``: each sample's mask on the projections, then the
+        recurrence over ``S × B`` rows at once."""
+        if self.training:  # the raw state of the prefix in train mode: project here, after token dropout
+            prior = state[1] if len(state) == 3 else None
+            state = self._projected(self._with_prior(self._token_dropout(state[0], sampler), prior), state[-1])
+        projected, lengths = state[0], state[-1]
+        width = projected.shape[-1]
+        if sampler is not None:
+            masks: Tensor | None = sampler.keep(self.gate_dropout_p, (1, width)).flatten(2)  # (S, B|1, D·3H)
+        elif self.training:
+            masks = inverted_dropout_mask((1, projected.shape[0], width), self.gate_dropout_p, device=projected.device)
+        else:
+            masks = None
+        pooled = gate_recurrence(self.gru, projected, lengths, masks)  # (S·B, F)
+        batch = projected.shape[0]
+        if sampler is not None:
+            pooled = pooled.view(-1, batch, pooled.shape[-1])
+        if self.bag_skip:
+            pooled = torch.cat([pooled, expand_samples(state[1], sampler)], dim=-1)
+        return pooled
+
     def _stochastic_recurrence(
         self, embedded: Tensor, prior: Tensor | None, lengths: Tensor, sampler: MaskSampler | None
     ) -> Tensor:
         x = expand_samples(embedded, sampler)  # (S, B, T, E) or (B, T, E)
-        x = self.input_dropout(self.word_dropout(x, sampler), sampler)
-        if sampler is None and self.training and self.token_dropout_p > 0:
-            x = x * inverted_dropout_mask((*x.shape[:-1], 1), self.token_dropout_p, device=x.device)
+        x = self._token_dropout(self.input_dropout(self.word_dropout(x, sampler), sampler), sampler)
         x = self._with_prior(x, prior)
         if sampler is None:
             weights = None

@@ -44,6 +44,7 @@ class TrainOptions:
     word_dropout: float = 0.0
     input_dropout: float = 0.0
     weight_dropout: float = 0.0
+    gate_dropout: float = 0.0
     output_dropout: float = 0.5
     lr: float = 2e-3
     weight_decay: float = 0.0
@@ -85,6 +86,13 @@ class TrainOptions:
                 f"--dropout-p needs one value per linear layer ({len(self.hidden_dims) + 1} for "
                 f"--hidden-dims {','.join(map(str, self.hidden_dims))}), got {len(self.dropout_p)}"
             )
+        if self.gate_dropout and (
+            self.word_dropout or self.input_dropout or self.weight_dropout or self.num_layers != 1
+        ):
+            raise ConfigError(
+                "--gate-dropout replaces --word-dropout, --input-dropout and --weight-dropout (set them to 0) and "
+                f"needs --num-layers 1 (got {self.num_layers})"
+            )
         if not 1 <= self.ensemble_size <= MAX_MEMBERS:
             raise ConfigError(f"--ensemble-size must be in [1, {MAX_MEMBERS}] (got {self.ensemble_size})")
         if self.min_count < 1 or self.vocab_size < 3:
@@ -97,6 +105,7 @@ class TrainOptions:
                 "--word-dropout": self.word_dropout,
                 "--input-dropout": self.input_dropout,
                 "--weight-dropout": self.weight_dropout,
+                "--gate-dropout": self.gate_dropout,
                 "--output-dropout": self.output_dropout,
                 "--token-dropout": self.token_dropout,
                 "--distill-weight": self.distill_weight,
@@ -139,6 +148,7 @@ class TrainOptions:
             }
             | prior
             | ({"bag_skip": True} if self.bag_skip else {})
+            | ({"gate_dropout_p": self.gate_dropout} if self.gate_dropout else {})
         )
 
     def hyper_parameters(self) -> dict[str, Any]:

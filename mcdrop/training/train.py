@@ -271,6 +271,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--word-dropout", type=float, default=d.word_dropout, help="gru: drop whole tokens")
     model.add_argument("--input-dropout", type=float, default=d.input_dropout, help="gru: locked embedding dropout")
     model.add_argument("--weight-dropout", type=float, default=d.weight_dropout, help="gru: DropConnect on W_hh")
+    model.add_argument(
+        "--gate-dropout", type=float, default=d.gate_dropout, help="gru: locked dropout on the gates' input projections"
+    )
     model.add_argument("--output-dropout", type=float, default=d.output_dropout, help="gru: before the classifier")
     model.add_argument("--embed-init-std", type=float, default=d.embed_init_std, help="std of initial embeddings")
     model.add_argument("--init-embeddings", default=None, help="gru: copy unigram embeddings from an MLP checkpoint")

@@ -17,10 +17,15 @@ from mcdrop.core.errors import ConfigError, McdropError
 TEXTS = ["a wonderful moving film", "terrible boring mess", "", "qwerty zxcvb", "the best film of the year"]
 
 
-@pytest.fixture(params=["mlp", "gru", "gru-weight"])
+GATES = {"input_dropout_p": 0.0, "gate_dropout_p": 0.3}  # dropout on the gate inputs
+
+
+@pytest.fixture(params=["mlp", "gru", "gru-weight", "gru-gates"])
 def engine(request: pytest.FixtureRequest, make_checkpoint: MakeCheckpoint) -> MCEngine:
     if request.param == "gru-weight":
         path = make_checkpoint("gru", name="wd", input_dropout_p=0.0, weight_dropout_p=0.3)
+    elif request.param == "gru-gates":
+        path = make_checkpoint("gru", name="gates", **GATES)
     else:
         path = make_checkpoint(request.param)
     return load_engine(str(path), device="cpu", max_batch_rows=64)
@@ -58,8 +63,11 @@ def test_merged_requests_equal_separate_calls(engine: MCEngine) -> None:
         assert_predictions_close(result, engine.predict(texts, n_samples=15, seed=seed))
 
 
-def test_chunking_over_inputs_and_samples_does_not_change_results(make_checkpoint: MakeCheckpoint) -> None:
-    path = make_checkpoint("gru", word_dropout_p=0.1)
+@pytest.mark.parametrize("params", [{"word_dropout_p": 0.1}, GATES | {"bag_skip": True, "prior_dim": 3}])
+def test_chunking_over_inputs_and_samples_does_not_change_results(
+    make_checkpoint: MakeCheckpoint, params: dict[str, float]
+) -> None:
+    path = make_checkpoint("gru", **params)
     big = MCEngine(load_checkpoint(path), device="cpu", max_batch_rows=100_000)
     tiny = MCEngine(load_checkpoint(path), device="cpu", max_batch_rows=7)  # fewer rows than samples
     a = big.predict_samples(TEXTS, n_samples=30, seed=3)
@@ -102,8 +110,9 @@ def test_cuda_without_gpu_is_a_clear_error() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_cuda_matches_cpu(make_checkpoint: MakeCheckpoint) -> None:
-    path = str(make_checkpoint("gru"))
+@pytest.mark.parametrize("params", [{}, GATES])
+def test_cuda_matches_cpu(make_checkpoint: MakeCheckpoint, params: dict[str, float]) -> None:
+    path = str(make_checkpoint("gru", **params))
     cpu = load_engine(path, device="cpu").predict_samples(TEXTS, 20, 1)
     gpu = load_engine(path, device="cuda").predict_samples(TEXTS, 20, 1)
     assert torch.allclose(cpu, gpu, atol=1e-4)
@@ -116,8 +125,11 @@ def test_to_dict_has_every_field(engine: MCEngine) -> None:
     assert prediction.to_dict() == asdict(prediction)
 
 
-def test_weight_dropout_with_several_seeds_and_sample_chunks(make_checkpoint: MakeCheckpoint) -> None:
-    path = make_checkpoint("gru", name="wd", input_dropout_p=0.0, weight_dropout_p=0.3)
+@pytest.mark.parametrize("params", [{"input_dropout_p": 0.0, "weight_dropout_p": 0.3}, GATES])
+def test_weight_and_gate_dropout_with_several_seeds_and_sample_chunks(
+    make_checkpoint: MakeCheckpoint, params: dict[str, float]
+) -> None:
+    path = make_checkpoint("gru", name="wd", **params)
     engine = MCEngine(load_checkpoint(path), device="cpu", max_batch_rows=3)  # fewer rows than samples
     requests = [(TEXTS[:2], 1), (TEXTS[2:4], 2), (TEXTS[4:], 1)]
     merged = engine.predict_many(requests, n_samples=7)
@@ -136,6 +148,8 @@ def test_recurrent_tails_on_the_cpu_run_in_cache_sized_passes(make_checkpoint: M
     assert after.pass_rows == 8192  # the recurrence runs once per text: no reason to cut the tail
     mlp = MCEngine(load_checkpoint(make_checkpoint("mlp")), device="cpu", max_batch_rows=8192)
     assert mlp.pass_rows == 8192
+    gates = MCEngine(load_checkpoint(make_checkpoint("gru", name="gates", **GATES)), device="cpu", max_batch_rows=8192)
+    assert gates.pass_rows == CPU_RECURRENT_PASS_ROWS  # each sample still runs the recurrent half
 
 
 def test_the_engine_imports_no_serving_or_training_library() -> None:

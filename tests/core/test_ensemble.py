@@ -19,13 +19,19 @@ from mcdrop.core.registry import build_model
 PARAMS = {
     "mlp": {"embed_dim": 8, "hidden_dims": [8], "dropout_p": [0.4, 0.4]},
     "gru": {"embed_dim": 8, "hidden_dim": 8, "input_dropout_p": 0.4, "max_tokens": 16},
+    "gru-gates": {"embed_dim": 8, "hidden_dim": 8, "gate_dropout_p": 0.4, "max_tokens": 16, "prior_dim": 2},
 }
 IDS = [[2, 3, 4, 5], [6, 7], [8]]
+GATES = {"input_dropout_p": 0.0, "gate_dropout_p": 0.3}  # checkpoint parameters of the gate placement
+
+
+def _architecture(variant: str) -> str:
+    return variant.split("-")[0]
 
 
 def _ensemble(architecture: str, size: int = 3) -> DropoutEnsemble:
     torch.manual_seed(0)
-    model = build_model(architecture, 20, 2, PARAMS[architecture], size)
+    model = build_model(_architecture(architecture), 20, 2, PARAMS[architecture], size)
     assert isinstance(model, DropoutEnsemble)
     return model.eval()
 
@@ -39,7 +45,7 @@ def _samples(model: DropoutEnsemble, window: slice, n_samples: int = 11, seed: i
     return out
 
 
-@pytest.mark.parametrize("architecture", ["mlp", "gru"])
+@pytest.mark.parametrize("architecture", ["mlp", "gru", "gru-gates"])
 def test_sample_s_comes_from_member_s_mod_k_with_a_single_models_masks(architecture: str) -> None:
     model = _ensemble(architecture)
     every = _samples(model, slice(0, 11))
@@ -53,7 +59,7 @@ def test_sample_s_comes_from_member_s_mod_k_with_a_single_models_masks(architect
     assert not torch.allclose(every[0], every[1])
 
 
-@pytest.mark.parametrize("architecture", ["mlp", "gru"])
+@pytest.mark.parametrize("architecture", ["mlp", "gru", "gru-gates"])
 @pytest.mark.parametrize("window", [slice(0, 4), slice(4, 11), slice(5, 6), slice(7, 11)])
 def test_any_sample_range_gives_those_samples_of_the_whole_pass(architecture: str, window: slice) -> None:
     model = _ensemble(architecture)
@@ -79,11 +85,12 @@ def test_members_must_agree_and_be_several() -> None:
         build_model("mlp", 20, 2, PARAMS["mlp"], 17)
 
 
-@pytest.mark.parametrize("architecture", ["mlp", "gru"])
+@pytest.mark.parametrize("architecture", ["mlp", "gru", "gru-gates"])
 def test_checkpoint_round_trip_and_seeded_batch_independent_answers(
     make_checkpoint: MakeCheckpoint, architecture: str
 ) -> None:
-    path = make_checkpoint(architecture, ensemble_size=3)
+    extra = GATES if architecture == "gru-gates" else {}
+    path = make_checkpoint(_architecture(architecture), ensemble_size=3, **extra)
     config = json.loads((path / CONFIG_FILE).read_text())
     assert config["ensemble_size"] == 3
     checkpoint = load_checkpoint(path)
@@ -99,8 +106,11 @@ def test_checkpoint_round_trip_and_seeded_batch_independent_answers(
     assert [p.to_dict() for p in again] == [p.to_dict() for p in together]
 
 
-def test_adaptive_sampling_stops_on_the_samples_a_fixed_run_would_draw(make_checkpoint: MakeCheckpoint) -> None:
-    engine = MCEngine(load_checkpoint(make_checkpoint("gru", ensemble_size=2)), device="cpu")
+@pytest.mark.parametrize("params", [{}, GATES])
+def test_adaptive_sampling_stops_on_the_samples_a_fixed_run_would_draw(
+    make_checkpoint: MakeCheckpoint, params: dict[str, float]
+) -> None:
+    engine = MCEngine(load_checkpoint(make_checkpoint("gru", ensemble_size=2, **params)), device="cpu")
     texts = ["a wonderful film", "boring", "the best film of the year"]
     every = engine.predict_samples(texts, 40, seed=1)
     adaptive = engine.predict(texts, n_samples=40, seed=1, mc_tolerance=0.2)
@@ -129,10 +139,10 @@ def test_weights_of_another_ensemble_size_are_refused(make_checkpoint: MakeCheck
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("architecture", ["mlp", "gru"])
+@pytest.mark.parametrize("architecture", ["mlp", "gru", "gru-gates"])
 def test_the_token_prior_is_a_stored_fixed_input(architecture: str) -> None:
     torch.manual_seed(0)
-    model = build_model(architecture, 20, 2, PARAMS[architecture] | {"prior_dim": 3}).eval()
+    model = build_model(_architecture(architecture), 20, 2, PARAMS[architecture] | {"prior_dim": 3}).eval()
     assert "token_prior" in model.state_dict()
     assert all(name != "token_prior" for name, _ in model.named_parameters())  # never trained
     batch = model.make_input(IDS)
@@ -142,14 +152,16 @@ def test_the_token_prior_is_a_stored_fixed_input(architecture: str) -> None:
         after = model(batch)
     assert not torch.allclose(before, after)  # the model reads it
     with pytest.raises(ConfigError, match="prior_dim must be at least 0"):
-        build_model(architecture, 20, 2, PARAMS[architecture] | {"prior_dim": -1})
+        build_model(_architecture(architecture), 20, 2, PARAMS[architecture] | {"prior_dim": -1})
 
 
-@pytest.mark.parametrize("architecture", ["mlp", "gru"])
+@pytest.mark.parametrize("architecture", ["mlp", "gru", "gru-gates"])
 def test_requests_with_other_seeds_in_one_batch_get_their_own_answers(
     make_checkpoint: MakeCheckpoint, architecture: str
 ) -> None:
-    engine = MCEngine(load_checkpoint(make_checkpoint(architecture, ensemble_size=3)), device="cpu")
+    extra = GATES if architecture == "gru-gates" else {}
+    path = make_checkpoint(_architecture(architecture), ensemble_size=3, **extra)
+    engine = MCEngine(load_checkpoint(path), device="cpu")
     requests = [(["a wonderful film", "boring"], 1), (["the worst film of the year"], 2), (["great fun"], 3)]
     together = engine.predict_many(requests, 13)
     for (texts, seed), answers in zip(requests, together, strict=True):

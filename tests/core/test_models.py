@@ -36,6 +36,8 @@ def test_mlp_needs_one_p_per_layer() -> None:
         ({"input_dropout_p": 0.3}, "before_recurrence"),
         ({"word_dropout_p": 0.1}, "before_recurrence"),
         ({"weight_dropout_p": 0.2}, "before_recurrence"),
+        ({"gate_dropout_p": 0.3}, "gate_inputs"),
+        ({"gate_dropout_p": 0.3, "prior_dim": 2, "bag_skip": True, "token_dropout_p": 0.2}, "gate_inputs"),
     ],
 )
 def test_gru_placements_give_sampled_logits(params: dict[str, float], placement: str) -> None:
@@ -55,8 +57,15 @@ def test_gru_two_layers_unidirectional() -> None:
     assert model.eval()(model.make_input(IDS)).shape == (4, 3)
 
 
-def test_gru_result_does_not_depend_on_padding_of_the_batch() -> None:
-    model = DropoutGRU(12, 2, embed_dim=6, hidden_dim=5, input_dropout_p=0.3, max_tokens=8).eval()
+@pytest.mark.parametrize(
+    "params", [{"input_dropout_p": 0.3}, {"gate_dropout_p": 0.3, "prior_dim": 2, "bag_skip": True}]
+)
+def test_gru_result_does_not_depend_on_padding_of_the_batch(params: dict[str, float]) -> None:
+    torch.manual_seed(0)
+    model = DropoutGRU(12, 2, embed_dim=6, hidden_dim=5, max_tokens=8, **params).eval()
+    if model.prior_dim:
+        model.token_prior.copy_(torch.rand(12, 2))
+        model.token_prior[0] = 0.0  # the padding id has no prior, as the lexicon table makes it
     alone = model.stochastic_tail(model.prefix(model.make_input([IDS[1]])), MaskSampler(3, [2]))
     padded = model.stochastic_tail(model.prefix(model.make_input(IDS)), MaskSampler(3, [2]))
     assert torch.allclose(alone[:, 0], padded[:, 1], atol=1e-6)
@@ -77,6 +86,68 @@ def test_mc_sampling_does_not_depend_on_train_mode(architecture: str) -> None:
     assert torch.equal(model(batch), model(batch))  # and eval() without a sampler is deterministic
 
 
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_gate_placement_without_masks_is_the_plain_gru(bidirectional: bool) -> None:
+    """Same weights, dropout off: the step loop over precomputed projections gives nn.GRU's features, lengths
+    respected (the backward direction starts at each text's last token, pooling sees only real steps)."""
+    torch.manual_seed(0)
+    params = {"embed_dim": 6, "hidden_dim": 5, "max_tokens": 8, "bidirectional": bidirectional, "prior_dim": 2}
+    params |= {"output_dropout_p": 0.0}
+    plain = DropoutGRU(12, 2, bag_skip=True, **params).eval()
+    plain.token_prior.copy_(torch.rand(12, 2))
+    plain.token_prior[0] = 0.0
+    gates = DropoutGRU(12, 2, gate_dropout_p=0.4, bag_skip=True, **params).eval()
+    gates.load_state_dict(plain.state_dict())
+    batch = plain.make_input(IDS)
+    torch.testing.assert_close(gates(batch), plain(batch))
+    # a sampler with p = 0 masks changes nothing either: every sample is the plain GRU
+    gates.gate_dropout_p = 0.0
+    assert gates.dropout_placement == "after_recurrence"
+    gates.gate_dropout_p = 1e-9
+    sampled = gates.stochastic_tail(gates.prefix(batch), MaskSampler(3, [1]))
+    torch.testing.assert_close(sampled, plain(batch).expand(3, -1, -1))
+
+
+def test_gate_placement_samples_do_not_depend_on_train_mode_and_train_with_gradients() -> None:
+    torch.manual_seed(0)
+    model = DropoutGRU(12, 2, embed_dim=6, hidden_dim=5, max_tokens=8, gate_dropout_p=0.3, token_dropout_p=0.5)
+    batch = model.make_input(IDS)
+    model.eval()
+    in_eval = model.stochastic_tail(model.prefix(batch), MaskSampler(5, [1]))
+    model.train()
+    in_train = model.stochastic_tail(model.prefix(batch), MaskSampler(5, [1]))
+    torch.testing.assert_close(in_eval, in_train)  # token dropout is for training passes only
+    assert not torch.allclose(model(batch), model(batch))  # a training pass draws fresh masks
+    model(batch).sum().backward()  # type: ignore[no-untyped-call]
+    for name in ("embedding.weight", "gru.weight_ih_l0", "gru.weight_hh_l0_reverse", "gru.bias_hh_l0"):
+        grad = model.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    model.eval()
+    assert torch.equal(model(batch), model(batch))
+
+
+def test_gate_masks_are_locked_over_time_and_come_from_the_sampler() -> None:
+    """One mask per sample over the 2 x 3H gate projections: the sampler's first layer, then output dropout."""
+    model = DropoutGRU(12, 2, embed_dim=6, hidden_dim=5, max_tokens=8, gate_dropout_p=0.3).eval()
+    sampler = MaskSampler(4, [7])
+    model.stochastic_tail(model.prefix(model.make_input(IDS)), sampler)
+    assert sampler._shapes == [(1, 30), (20,)]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"gate_dropout_p": 0.3, "input_dropout_p": 0.1},
+        {"gate_dropout_p": 0.3, "word_dropout_p": 0.1},
+        {"gate_dropout_p": 0.3, "weight_dropout_p": 0.1},
+        {"gate_dropout_p": 0.3, "num_layers": 2},
+    ],
+)
+def test_gate_dropout_replaces_the_other_recurrent_dropouts(params: dict[str, float]) -> None:
+    with pytest.raises(ConfigError, match="gate_dropout_p needs num_layers 1 and no word, input or weight dropout"):
+        DropoutGRU(12, 2, **params)  # type: ignore[arg-type]
+
+
 def test_build_model_errors() -> None:
     with pytest.raises(ConfigError, match="unknown architecture 'cnn'"):
         build_model("cnn", 10, 2, {})
@@ -86,5 +157,7 @@ def test_build_model_errors() -> None:
         build_model("gru", 10, 2, {"bogus": 1})
     with pytest.raises(ConfigError, match=r"word_dropout_p must be a probability in \[0, 1\]"):
         build_model("gru", 10, 2, {"word_dropout_p": 1.2})
+    with pytest.raises(ConfigError, match=r"gate_dropout_p must be a probability in \[0, 1\]"):
+        build_model("gru", 10, 2, {"gate_dropout_p": -0.1})
     with pytest.raises(ConfigError, match="invalid mlp parameters"):
         build_model("mlp", 10, 2, {"embed_dim": -4})

@@ -131,6 +131,8 @@ def test_training_is_reproducible_and_predictions_round_trip(reviews_csv: Path, 
         (("--dropout-p", "0.5,0.5,0.5"), "--dropout-p needs one value per linear layer"),
         (("--n-samples", "0"), "--n-samples must be greater than 0 (got 0)"),
         (("--weight-decay", "-1"), "--weight-decay must be at least 0"),
+        (("--gate-dropout", "1.5"), "--gate-dropout must be a probability in [0, 1] (got 1.5)"),
+        (("--gate-dropout", "0.3", "--input-dropout", "0.2"), "--gate-dropout replaces --word-dropout"),
     ],
 )
 def test_train_errors_are_one_line(
@@ -165,6 +167,21 @@ def test_eval_errors_are_one_line(
     assert code == 2
     err = capsys.readouterr().err
     assert "that the model does not know" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_gru_with_dropout_on_the_gate_inputs_trains_and_serves(reviews_csv: Path, tmp_path: Path) -> None:
+    flags = (*GRU_FLAGS, "--input-dropout", "0", "--gate-dropout", "0.3", "--lexicon-prior", "--bag-skip")
+    assert _train(reviews_csv, tmp_path / "models", *flags, "--token-dropout", "0.2") == 0
+    checkpoint = load_checkpoint(tmp_path / "models" / "tiny")
+    assert checkpoint.config["dropout_placement"] == "gate_inputs"
+    params = checkpoint.config["model_params"]
+    assert params["gate_dropout_p"] == 0.3 and params["input_dropout_p"] == 0.0 and params["bag_skip"]
+    report = json.loads((tmp_path / "models" / "tiny" / "eval_report.json").read_text())
+    assert set(report["standin_shift"]) == {"validation", "rare_vocabulary", "typos"}
+    engine = MCEngine(checkpoint, device="cpu")
+    first = engine.predict(["superb fun", "awful boring mess"], n_samples=8, seed=0)
+    assert first == engine.predict(["superb fun", "awful boring mess"], n_samples=8, seed=0)
+    assert first[0].mutual_information > 0
 
 
 def test_an_ensemble_with_the_lexicon_prior_trains_and_serves(reviews_csv: Path, tmp_path: Path) -> None:
