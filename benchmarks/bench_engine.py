@@ -31,6 +31,7 @@ from mcdrop.core.checkpoint import Checkpoint, load_checkpoint
 from mcdrop.core.contract import ModelInput
 from mcdrop.core.dropout import MaskSampler, MCDropout
 from mcdrop.core.engine import MCEngine
+from mcdrop.core.ensemble import DropoutEnsemble
 from mcdrop.core.gru import DropoutGRU
 
 
@@ -52,17 +53,25 @@ def make_texts(checkpoint: Checkpoint, n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choices(words, k=max(3, int(rng.lognormvariate(2.9, 0.5))))) for _ in range(n)]
 
 
+def _members(model: object) -> list[Any]:
+    return list(model.members) if isinstance(model, DropoutEnsemble) else [model]
+
+
 def replicated_pass(checkpoint: Checkpoint, batch: ModelInput, n_samples: int) -> torch.Tensor:
-    """baal-style: every input repeated N times, the whole model run once over B×N rows with per-row masks."""
-    model = checkpoint.model
-    ids = [batch_ids for batch_ids in _ids(batch) for _ in range(n_samples)]
-    big = model.make_input(ids)
-    model.train()  # per-row masks: the only way a plain model samples; restored below
-    try:
-        with torch.inference_mode():
-            return torch.softmax(model(big), dim=-1)
-    finally:
-        model.eval()
+    """baal-style: every input repeated N times, the whole model run once over B×N rows with per-row masks (an
+    ensemble's member k over its N/K copies)."""
+    members = _members(checkpoint.model)
+    outs = []
+    for k, member in enumerate(members):
+        ids = [batch_ids for batch_ids in _ids(batch) for _ in range(k, n_samples, len(members))]
+        big = member.make_input(ids)
+        member.train()  # per-row masks: the only way a plain model samples; restored below
+        try:
+            with torch.inference_mode():
+                outs.append(torch.softmax(member(big), dim=-1))
+        finally:
+            member.eval()
+    return torch.cat(outs)
 
 
 def _ids(batch: ModelInput) -> list[list[int]]:
@@ -86,12 +95,12 @@ def naive_loop(checkpoint: Checkpoint, batch: ModelInput, n_samples: int) -> tor
 def gru_variant(checkpoint: Checkpoint, placement: str) -> Checkpoint:
     """The same weights with dropout moved: ``before`` keeps input dropout, ``after`` only output dropout."""
     variant = copy.deepcopy(checkpoint)
-    model = variant.model
-    assert isinstance(model, DropoutGRU)
-    if placement == "after":
-        model.word_dropout.p = model.input_dropout.p = model.weight_dropout_p = 0.0
-    elif not model.stochastic_recurrence:
-        model.input_dropout = MCDropout(0.25, shared_axes=(0,))
+    for model in _members(variant.model):
+        assert isinstance(model, DropoutGRU)
+        if placement == "after":
+            model.word_dropout.p = model.input_dropout.p = model.weight_dropout_p = 0.0
+        elif not model.stochastic_recurrence:
+            model.input_dropout = MCDropout(0.25, shared_axes=(0,))
     return variant
 
 
@@ -123,7 +132,7 @@ def main() -> None:
     print("{:<26} {:>5} {:>4} {:>9} {:>9} {:>11} {:>9} {:>13}".format(*header))
     for path in args.models:
         checkpoint = load_checkpoint(Path(path))
-        if isinstance(checkpoint.model, DropoutGRU):
+        if checkpoint.model.architecture == "gru":
             for placement in ("before", "after"):
                 variant = gru_variant(checkpoint, placement)
                 bench(f"{checkpoint.name} ({placement} GRU)", variant, args.repeats)
