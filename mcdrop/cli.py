@@ -1,8 +1,8 @@
 """The ``mcdrop`` command line: a dispatcher to ``train``, ``predict``, ``eval``, ``calibrate`` and ``serve``.
 
-Each subcommand lives in the layer it belongs to (``mcdrop.training.train``, ``mcdrop.serving.predict_command``,
-``mcdrop.training.evaluate``, ``mcdrop.training.calibrate_command``, ``mcdrop.serving.serve``); only the module of
-the command being run is imported.
+Each subcommand lives in the layer it belongs to (``mcdrop.training.train_command``,
+``mcdrop.serving.predict_command``, ``mcdrop.training.evaluate``, ``mcdrop.training.calibrate_command``,
+``mcdrop.serving.serve``); only the module of the command being run is imported.
 
 Every user error (bad flag value, missing or corrupt checkpoint, unreadable input) ends with one line on
 stderr saying what is wrong and how to fix it, and exit status 2; never a traceback.
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 # Subcommands implemented in their own modules: each has add_arguments(parser) and run(args) -> int.
 DELEGATED = {
-    "train": ("mcdrop.training.train", "train a model and write a checkpoint directory"),
+    "train": ("mcdrop.training.train_command", "train a model and write a checkpoint directory"),
     "predict": ("mcdrop.serving.predict_command", "MC predictions for texts, one JSON object per line"),
     "eval": ("mcdrop.training.evaluate", "evaluate a checkpoint: accuracy, NLL, Brier, ECE, selective prediction, OOD"),
     "calibrate": ("mcdrop.training.calibrate_command", "recalibrate a checkpoint on a labelled sample of your traffic"),
