@@ -3,9 +3,10 @@
 An ensemble spreads its N samples over its K members (sample s from member s mod K), so its cost should stay
 that of N samples of one member; only the deterministic prefix runs K times. For each shipped model and
 (batch, N) it times ``MCEngine.predict`` on both engines in the same process, alternating calls (real validation
-sentences, seed fixed, one torch thread), and prints the median times and the ratio ensemble / one member.
+sentences, seed fixed, one torch thread unless ``--threads``), and prints the median times and the ratio
+ensemble / one member.
 
-    python benchmarks/bench_ensemble.py [--models models/rt-mlp models/rt-gru] [--repeats 30]
+    python benchmarks/bench_ensemble.py [--models models/rt-mlp models/rt-gru] [--repeats 30] [--threads 1]
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=[str(REPO / "models/rt-mlp"), str(REPO / "models/rt-gru")])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads: spare ones run one text's GRU members side by side"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     texts = load_rotten_tomatoes(seed=0).validation.texts
     print("| model | K | batch | N | ensemble ms | one member ms | ratio |")
     print("|---|---|---|---|---|---|---|")

@@ -14,6 +14,8 @@ seed gives the same masks on every device and whatever other inputs share the ba
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -81,6 +83,7 @@ class MaskSampler:
         self.groups = None if groups is None else groups.to(self.device)
         self._all_groups = self.groups
         self._generators = [torch.Generator().manual_seed(s) for s in self.seeds]
+        self._lock = threading.Lock()
         self._cache: list[Tensor] = []  # one (G, S, *shape) mask per layer call, in call order
         self._shapes: list[tuple[int, ...]] = []
         self._single: list[Tensor] = []  # the first group's masks as (S, 1, *shape) views
@@ -114,25 +117,37 @@ class MaskSampler:
         index = self._calls
         self._calls += 1
         shape = tuple(shape)
-        if index == len(self._cache):
-            # (G, S, *shape): drawn once for every sample, so sample chunks slice the same masks.
-            if len(self._generators) == 1:
-                # drawn as (S, 1, *shape), the view keep() broadcasts over a batch: the same numbers in the same
-                # order as (S, *shape), without the view ops on every call
-                single = inverted_dropout_mask((self.n_samples, 1, *shape), p, self._generators[0])
-                masks = single.squeeze(1).unsqueeze(0)
-            else:
-                masks = torch.stack([inverted_dropout_mask((self.n_samples, *shape), p, g) for g in self._generators])
-                single = masks[0].unsqueeze(1)
-            if self._convert:
-                masks = masks.to(device=self.device, dtype=self.dtype)
-                single = single.to(device=self.device, dtype=self.dtype)
-            self._cache.append(masks)
-            self._shapes.append(shape)
-            self._single.append(single)
+        if index >= len(self._cache):
+            with self._lock:  # views may run passes at once: each layer is drawn once, in layer order
+                if index == len(self._cache):
+                    self._draw(p, shape)
         if self._shapes[index] != shape:
             raise RuntimeError(f"mask {index} was drawn for shape {self._shapes[index]}, asked {shape}")
         return index
+
+    def _draw(self, p: float, shape: tuple[int, ...]) -> None:
+        """The next layer's masks for every sample, ``(G, S, *shape)``, so sample ranges slice the same masks."""
+        if len(self._generators) == 1:
+            # drawn as (S, 1, *shape), the view keep() broadcasts over a batch: the same numbers in the same
+            # order as (S, *shape), without the view ops on every call
+            single = inverted_dropout_mask((self.n_samples, 1, *shape), p, self._generators[0])
+            masks = single.squeeze(1).unsqueeze(0)
+        else:
+            masks = torch.stack([inverted_dropout_mask((self.n_samples, *shape), p, g) for g in self._generators])
+            single = masks[0].unsqueeze(1)
+        if self._convert:
+            masks = masks.to(device=self.device, dtype=self.dtype)
+            single = single.to(device=self.device, dtype=self.dtype)
+        self._shapes.append(shape)
+        self._single.append(single)
+        self._cache.append(masks)  # last: a view that sees the cache this long finds the rest in place
+
+    def view(self, samples: slice) -> MaskSampler:
+        """A sampler for a pass over ``samples`` that may run at the same time as other passes (on another thread):
+        the same masks, drawn once and shared, with its own sample range and layer count."""
+        other = copy.copy(self)
+        other.start_pass(samples)
+        return other
 
     def group_masks(self, p: float, shape: Sequence[int]) -> Tensor:
         """Scaled keep-masks of the next layer for each seed group: ``(G, S, *shape)``.

@@ -15,6 +15,7 @@ partners. Without a sampler (a deterministic pass) the ensemble answers the log 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, cast
 
 import torch
@@ -25,6 +26,7 @@ from mcdrop.core.dropout import MaskSampler
 from mcdrop.core.errors import ConfigError
 from mcdrop.core.fused_mlp import FusedMLPs, WeightVersions
 from mcdrop.core.mlp import DropoutMLP
+from mcdrop.core.threads import side_by_side, spare_threads
 
 MAX_MEMBERS = 16
 
@@ -111,20 +113,29 @@ class DropoutEnsemble(nn.Module):
             assert fused is not None, "a fused prefix result needs an inference call"
             return fused.tail(state, sampler, start, stop)
         size = self.size
-        out: Tensor | None = None
-        try:
-            for k, (member, part) in enumerate(zip(self._members, state, strict=True)):
-                first = start + (k - start) % size  # this member's first sample index in [start, stop)
-                if first >= stop:
-                    continue
-                sampler.start_pass(slice(first, stop, size))
-                logits = member.stochastic_tail(part, sampler)
-                if out is None:
-                    out = logits.new_empty(stop - start, *logits.shape[1:])
-                out[first - start :: size] = logits
-        finally:
-            sampler.start_pass(window)
-        assert out is not None  # the window holds at least one sample, so some member ran
+        # member k's samples in [start, stop): first_k, first_k + K, ... (a member may have none in a short window)
+        passes = [
+            (member, part, first)
+            for k, (member, part) in enumerate(zip(self._members, state, strict=True))
+            if (first := start + (k - start) % size) < stop
+        ]
+        threads = min(spare_threads(), len(passes)) if self.thread_safe_tail else 1
+        if threads > 1:  # one text, say: the members' passes side by side, each with its own view of the masks
+            jobs = [
+                partial(m.stochastic_tail, part, sampler.view(slice(first, stop, size))) for m, part, first in passes
+            ]
+            results = side_by_side(jobs, threads)
+        else:
+            results = []
+            try:
+                for member, part, first in passes:
+                    sampler.start_pass(slice(first, stop, size))
+                    results.append(member.stochastic_tail(part, sampler))
+            finally:
+                sampler.start_pass(window)
+        out = results[0].new_empty(stop - start, *results[0].shape[1:])
+        for (_, _, first), logits in zip(passes, results, strict=True):
+            out[first - start :: size] = logits
         return out
 
     def forward(self, batch: ModelInput) -> Tensor:

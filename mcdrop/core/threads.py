@@ -9,18 +9,47 @@ with no wait between ops (torch releases the GIL inside each op).
 
     runner = ChunkRunner()
     results = runner.map(predict_chunk, chunks, parallel=model.thread_safe_tail)  # in chunk order
+
+A call that is a single chunk (one text, say) leaves the caller's other threads idle; ``spare_threads()`` tells
+code running inside it how many it may use, and ``side_by_side`` runs independent passes on them (an ensemble's
+members, each over its own samples).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
 
 T = TypeVar("T")
+
+_local = threading.local()  # .spare: threads a single chunk on this thread may use (1 unless set by map)
+_side_pool: ThreadPoolExecutor | None = None
+_side_size = 0
+_side_lock = threading.Lock()
+
+
+def spare_threads() -> int:
+    """How many threads the code running now may use side by side (1: only its own)."""
+    return int(getattr(_local, "spare", 1))
+
+
+def side_by_side(fns: Sequence[Callable[[], T]], threads: int) -> list[T]:
+    """Every ``fn()``, on up to ``threads`` worker threads of one intra-op thread each, in order."""
+    global _side_pool, _side_size
+    with _side_lock:
+        if _side_pool is None or _side_size != threads:
+            if _side_pool is not None:
+                _side_pool.shutdown(wait=False)
+            _side_pool = ThreadPoolExecutor(
+                threads, thread_name_prefix="mcdrop-side", initializer=torch.set_num_threads, initargs=(1,)
+            )
+            _side_size = threads
+        pool = _side_pool
+    return list(pool.map(lambda fn: fn(), fns))
 
 
 class ChunkRunner:
@@ -39,7 +68,11 @@ class ChunkRunner:
         torch.set_num_threads(1)  # per calling thread, like the workers' own setting
         try:
             if len(chunks) == 1:
-                return [fn(chunks[0])]
+                _local.spare = threads
+                try:
+                    return [fn(chunks[0])]
+                finally:
+                    _local.spare = 1
             return list(self._workers(threads).map(fn, chunks))
         finally:
             torch.set_num_threads(threads)

@@ -182,3 +182,32 @@ def test_fused_mlp_members_match_the_member_by_member_path_and_follow_weight_cha
     torch.testing.assert_close(changed, sequential)
     assert not torch.allclose(fused, changed)
     torch.testing.assert_close(fused[[0, 2, 4, 6, 8]], changed[[0, 2, 4, 6, 8]])  # other members' samples kept
+
+
+def test_members_side_by_side_on_spare_threads_give_the_one_thread_answer(make_checkpoint: MakeCheckpoint) -> None:
+    engine = MCEngine(load_checkpoint(make_checkpoint("gru", ensemble_size=3)), device="cpu")
+    threads = torch.get_num_threads()
+    answers = {}
+    try:
+        for n in (1, 2, 3):  # one text is one chunk: its spare threads run the members' passes side by side
+            torch.set_num_threads(n)
+            answers[n] = [engine.predict_samples([text], 17, seed=4) for text in ("a wonderful film", "boring")]
+    finally:
+        torch.set_num_threads(threads)
+    for n in (2, 3):
+        for a, b in zip(answers[n], answers[1], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_views_share_masks_drawn_once_in_layer_order() -> None:
+    sampler = MaskSampler(8, [3])
+    first, second = sampler.view(slice(0, 8, 2)), sampler.view(slice(1, 8, 2))
+    a0 = second.keep(0.5, (4,))  # the second view draws layer 0 first
+    b0, b1 = first.keep(0.5, (4,)), first.keep(0.5, (6,))
+    a1 = second.keep(0.5, (6,))
+    whole = MaskSampler(8, [3])
+    w0, w1 = whole.keep(0.5, (4,)), whole.keep(0.5, (6,))
+    torch.testing.assert_close(b0, w0[0::2])
+    torch.testing.assert_close(a0, w0[1::2])
+    torch.testing.assert_close(b1, w1[0::2])
+    torch.testing.assert_close(a1, w1[1::2])
