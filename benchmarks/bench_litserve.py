@@ -12,8 +12,8 @@ Stacks (``benchmarks/litserve_app.py``): ``mcdrop`` (``mcdrop serve``, its defau
 ``max_batch_size`` 32, ``batch_timeout`` 5 ms, the mcdrop engine), ``litserve-baal`` (the same LitServe settings,
 baal's ``predict_on_batch`` on the plain torch module, entropy and mutual information computed per text).
 
-    python benchmarks/bench_litserve.py [--models rt-mlp,rt-gru] [--clients 1,8,32] [--n-samples 100]
-                                        [--seconds 5] [--rounds 2] [--stacks mcdrop,litserve,litserve-baal]
+    python -m benchmarks.bench_litserve [--models rt-mlp,rt-gru] [--clients 1,8,32] [--n-samples 100]
+                                           [--seconds 5] [--rounds 2] [--stacks mcdrop,litserve,litserve-baal]
 """
 
 from __future__ import annotations

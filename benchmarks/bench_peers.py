@@ -14,7 +14,7 @@ it skipped, timed alongside: tokenizing the texts into its padded tensor (``prep
 samples (``stats``), so both sides go from texts to the same numbers. It first checks that the plain modules'
 deterministic outputs equal mcdrop's.
 
-    python benchmarks/bench_peers.py [--models models/rt-mlp models/rt-gru] [--batch-sizes 1,32,256]
+    python -m benchmarks.bench_peers [--models models/rt-mlp models/rt-gru] [--batch-sizes 1,32,256]
                                      [--n-samples 30,100] [--repeats 7] [--threads 2]
 """
 
