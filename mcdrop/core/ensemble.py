@@ -14,7 +14,7 @@ partners. Without a sampler (a deterministic pass) the ensemble answers the log 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, cast
 
@@ -77,6 +77,20 @@ class DropoutEnsemble(nn.Module):
 
     def make_input(self, ids: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> ModelInput:
         return self._members[0].make_input(ids, device)
+
+    def invalidate_fused(self) -> None:
+        """Drop the fused copy of MLP members; the next inference call rebuilds it. Loading weights and switching
+        modes do this; code that writes weights where the fingerprint cannot see (``param.data``, fused optimizer
+        steps) must call it."""
+        self._fused = None
+
+    def train(self, mode: bool = True) -> DropoutEnsemble:
+        self.invalidate_fused()
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        self.invalidate_fused()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _fused_mlps(self) -> FusedMLPs | None:
         """The fused form of MLP members for an inference call (no gradients, eval mode), kept while the weights

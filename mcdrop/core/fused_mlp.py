@@ -19,10 +19,14 @@ from mcdrop.core.contract import ModelInput
 from mcdrop.core.dropout import MaskSampler, MCDropout
 from mcdrop.core.mlp import DropoutMLP
 
+MAX_LAYOUTS = 256
+
 
 class WeightVersions:
     """A cheap fingerprint of a module's parameters and buffers: it changes whenever one is replaced, moved to
-    another device or dtype, or modified in place (``Tensor._version``)."""
+    another device or dtype, or modified in place through autograd-visible ops (``Tensor._version``). Writes
+    through ``param.data`` and fused optimizer steps do not bump the version: after those, call
+    :meth:`~mcdrop.core.ensemble.DropoutEnsemble.invalidate_fused`."""
 
     def __init__(self, module: nn.Module) -> None:
         # the (module, name) slots are fixed by the architecture; the tensors in them may be swapped
@@ -71,6 +75,8 @@ class FusedMLPs:
         repeating one), which of them are real, and the real ones in member order."""
         key = (start, stop)
         if key not in self._layouts:
+            if len(self._layouts) >= MAX_LAYOUTS:  # windows come from a handful of N and rounds; never unbounded
+                self._layouts.clear()
             size, n = self.size, stop - start
             per = -(-n // size)
             first = torch.tensor([(k - start) % size for k in range(size)]).unsqueeze(1)

@@ -153,7 +153,8 @@ class DropoutGRU(nn.Module):
     def _recurrence(self, x: Tensor, lengths: Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:
         """``(N, T, E)`` embeddings → pooled features ``(N, F)``: max and mean over each text's steps."""
         if bool((lengths == x.shape[1]).all()):
-            # every row is a whole sequence (one text, or texts of one length): no packing, the same numbers
+            # every row is a whole sequence (one text, or texts of one length): no packing; the numbers agree to
+            # float rounding (~1e-8)
             states = self.gru(x)[0] if weights is None else functional_call(self.gru, weights, (x,))[0]
         else:
             packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
@@ -197,6 +198,7 @@ class DropoutGRU(nn.Module):
             return self._projected(self._with_prior(embedded, prior), batch.lengths)
         if self.stochastic_recurrence:
             return (embedded, batch.lengths) if prior is None else (embedded, prior, batch.lengths)
+        embedded = self._token_dropout(embedded, None)  # training only: the recurrence is in the prefix here
         return self._recurrence(self._with_prior(embedded, prior), batch.lengths), batch.lengths
 
     def _projected(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:

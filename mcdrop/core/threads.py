@@ -40,16 +40,16 @@ def spare_threads() -> int:
 def side_by_side(fns: Sequence[Callable[[], T]], threads: int) -> list[T]:
     """Every ``fn()``, on up to ``threads`` worker threads of one intra-op thread each, in order."""
     global _side_pool, _side_size
-    with _side_lock:
-        if _side_pool is None or _side_size != threads:
-            if _side_pool is not None:
-                _side_pool.shutdown(wait=False)
+    with _side_lock:  # the pool only grows, and jobs are submitted before another caller could replace it
+        if _side_pool is None or _side_size < threads:
+            old, _side_size = _side_pool, threads
             _side_pool = ThreadPoolExecutor(
                 threads, thread_name_prefix="mcdrop-side", initializer=torch.set_num_threads, initargs=(1,)
             )
-            _side_size = threads
-        pool = _side_pool
-    return list(pool.map(lambda fn: fn(), fns))
+            if old is not None:
+                old.shutdown(wait=False)  # running jobs finish; new ones go to the larger pool
+        futures = [_side_pool.submit(fn) for fn in fns]
+    return [future.result() for future in futures]
 
 
 class ChunkRunner:

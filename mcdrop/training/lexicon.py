@@ -5,8 +5,9 @@ sentiment-bearing words ("delicious", "rude", "refund") were never seen, so thei
 valence lexicon that the ``vaderSentiment`` package ships (MIT licence; about 7,500 entries rated by people on a
 −4…+4 scale, read from the installed package's data file, never downloaded) knows them. Training uses it twice:
 
-* the vocabulary gains every lexicon word the training texts lack (an id instead of ``<unk>``; its trainable
-  embedding row starts at zero and, never seen in training, stays there);
+* the vocabulary gains every lexicon word it lacks (an id instead of ``<unk>``): words the training texts never
+  use, and words they use too rarely for ``min_count``; their trainable embedding rows start at zero, and those
+  never seen in training stay there;
 * each token id gets :data:`PRIOR_FEATURES`, a fixed row of the model's ``token_prior`` buffer: positive and
   negative valence (scaled to [0, 1]), whether the token negates (``not``, ``never``, ``…n't``) and whether it
   intensifies (``very``, ``barely``). The model learns on the training corpus how much to trust these columns;

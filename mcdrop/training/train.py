@@ -126,7 +126,7 @@ def _fit(options: TrainOptions, splits: DataSplits) -> tuple[MCModel, TextEncode
         if options.init_embeddings:
             init_embeddings_from(member, encoder, options.init_embeddings)
         with torch.no_grad():
-            member.token_embeddings()[n_trained:] = 0.0  # lexicon words the training texts lack: the prior only
+            member.token_embeddings()[n_trained:] = 0.0  # lexicon words the vocabulary lacked start at zero
             if prior is not None:
                 member.load_state_dict(member.state_dict() | {"token_prior": prior})
         if options.freeze_embeddings:

@@ -211,3 +211,49 @@ def test_views_share_masks_drawn_once_in_layer_order() -> None:
     torch.testing.assert_close(a0, w0[1::2])
     torch.testing.assert_close(b1, w1[0::2])
     torch.testing.assert_close(a1, w1[1::2])
+
+
+def test_writes_the_fingerprint_cannot_see_are_covered_by_invalidate_fused() -> None:
+    model = _ensemble("mlp", size=3)
+    with torch.inference_mode():
+        before = _samples(model, slice(0, 9))
+    model.members[0].classifier.weight.data.add_(1.0)  # .data: no version bump
+    model.invalidate_fused()
+    with torch.inference_mode():
+        after = _samples(model, slice(0, 9))
+    torch.testing.assert_close(after, _samples(model, slice(0, 9)).detach())  # the member-by-member answer
+    assert not torch.allclose(before[0::3], after[0::3])
+
+
+def test_side_by_side_pools_of_other_sizes_at_once_never_refuse_work() -> None:
+    import threading
+
+    from mcdrop.core.threads import side_by_side
+
+    errors: list[BaseException] = []
+
+    def client(size: int) -> None:
+        try:
+            for _ in range(300):
+                assert side_by_side([lambda: 1] * size, size) == [1] * size
+        except BaseException as error:  # collected for the assertion below
+            errors.append(error)
+
+    workers = [threading.Thread(target=client, args=(n,)) for n in (2, 3, 2, 4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert not errors
+
+
+def test_token_dropout_also_trains_a_gru_whose_recurrence_is_in_the_prefix() -> None:
+    from mcdrop.core.gru import DropoutGRU
+
+    torch.manual_seed(0)
+    gru = DropoutGRU(30, 2, embed_dim=8, hidden_dim=8, output_dropout_p=0.3, max_tokens=16, token_dropout_p=0.9)
+    batch = gru.make_input([[2, 3, 4, 5, 6, 7, 8, 9]])
+    gru.train()
+    assert not torch.equal(gru.prefix(batch)[0], gru.prefix(batch)[0])
+    gru.eval()
+    assert torch.equal(gru.prefix(batch)[0], gru.prefix(batch)[0])
