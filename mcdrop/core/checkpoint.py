@@ -162,14 +162,14 @@ def load_checkpoint(directory: str | os.PathLike[str], device: str = "cpu") -> C
     try:
         model = build_model(
             config["architecture"],
-            len(encoder.vocab),
+            encoder.n_ids,
             len(config["labels"]),
             config["model_params"],
             config.get("ensemble_size", 1),
         )
     except ConfigError as error:
         raise CheckpointError(f"{path / CONFIG_FILE}: {error}") from error
-    problem = model.check_encoder(encoder.ngram_max, encoder.max_tokens)
+    problem = model.check_encoder(encoder.ngram_max, encoder.max_tokens, encoder.subword_buckets)
     if problem is not None:
         raise CheckpointError(f"{path / VOCAB_FILE}: {problem}")
     weights_path = path / WEIGHTS_FILE

@@ -77,7 +77,7 @@ class MCModel(Protocol):
         """Logits ``(B, C)``, or ``(S, B, C)`` with a sampler of ``S`` samples."""
         ...
 
-    def check_encoder(self, ngram_max: int, max_tokens: int) -> str | None:
+    def check_encoder(self, ngram_max: int, max_tokens: int, subword_buckets: int = 0) -> str | None:
         """Why a text encoder with these settings cannot feed this model, or ``None`` when it can."""
         ...
 

@@ -72,8 +72,8 @@ class DropoutEnsemble(nn.Module):
     def token_embeddings(self) -> Tensor:
         return self._members[0].token_embeddings()
 
-    def check_encoder(self, ngram_max: int, max_tokens: int) -> str | None:
-        return self._members[0].check_encoder(ngram_max, max_tokens)
+    def check_encoder(self, ngram_max: int, max_tokens: int, subword_buckets: int = 0) -> str | None:
+        return self._members[0].check_encoder(ngram_max, max_tokens, subword_buckets)
 
     def make_input(self, ids: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> ModelInput:
         return self._members[0].make_input(ids, device)

@@ -131,10 +131,12 @@ class DropoutGRU(nn.Module):
     def token_embeddings(self) -> Tensor:
         return self.embedding.weight
 
-    def check_encoder(self, ngram_max: int, max_tokens: int) -> str | None:
+    def check_encoder(self, ngram_max: int, max_tokens: int, subword_buckets: int = 0) -> str | None:
         """A sequence model reads unigram ids in order, at most ``max_tokens`` of them: the encoder must agree."""
         if ngram_max != 1:
             return f"a GRU reads word sequences: ngram_max must be 1 (got {ngram_max})"
+        if subword_buckets:
+            return f"a GRU reads word sequences: subword_buckets must be 0 (got {subword_buckets})"
         if max_tokens > self.word_dropout.max_tokens:
             return (
                 f"the encoder keeps up to {max_tokens} tokens but the GRU accepts at most "

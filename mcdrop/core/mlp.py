@@ -80,8 +80,8 @@ class DropoutMLP(nn.Module):
     def token_embeddings(self) -> Tensor:
         return self.bag.weight
 
-    def check_encoder(self, ngram_max: int, max_tokens: int) -> str | None:
-        return None  # a bag takes any n-grams, in any number
+    def check_encoder(self, ngram_max: int, max_tokens: int, subword_buckets: int = 0) -> str | None:
+        return None  # a bag takes any n-grams and subwords, in any number
 
     @staticmethod
     def make_input(ids: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> ModelInput:

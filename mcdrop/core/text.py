@@ -6,8 +6,10 @@ It also reports the input-novelty signal: how many of a text's tokens the vocabu
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +18,21 @@ from typing import Any
 from mcdrop.core.errors import CheckpointError, ConfigError
 
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*|[!?]")
+SUBWORD_SIZES = (3, 4, 5)  # character n-gram lengths of a token's subwords, boundary marks included
+SUBWORD_CACHE = 1 << 16  # tokens whose subword ids are kept (least recently used go first): bounded memory
+
+
+@functools.lru_cache(maxsize=SUBWORD_CACHE)
+def subword_ids(token: str, buckets: int, offset: int) -> tuple[int, ...]:
+    """The ids of ``token``'s hashed character n-grams: each 3-5-character piece of ``<token>`` hashed (CRC-32,
+    the same in every process) into one of ``buckets`` ids from ``offset`` on. Words the vocabulary never saw
+    share pieces with words it did ("unwatchable" with "watchable"); a misspelt word keeps most of its pieces."""
+    word = f"<{token}>"
+    return tuple(
+        offset + zlib.crc32(word[i : i + n].encode("utf-8")) % buckets
+        for n in SUBWORD_SIZES
+        for i in range(len(word) - n + 1)
+    )
 
 
 def tokenize(text: str, lowercase: bool = True) -> list[str]:
@@ -64,7 +81,8 @@ class Vocabulary:
 class EncodedTexts:
     """Token ids of a batch of texts with the novelty statistics of each.
 
-    ``ids[i]`` are the ids the model sees (unigrams in order, then n-grams for bag-of-words models);
+    ``ids[i]`` are the ids the model sees (unigrams in order, then n-grams and hashed subwords for bag-of-words
+    models);
     ``n_tokens[i]``/``n_known_tokens[i]`` count unigram tokens (after truncation) and those in the vocabulary;
     ``tokens[i]`` are those tokens (what the novelty model scores).
     """
@@ -83,9 +101,21 @@ class EncodedTexts:
 
 
 class TextEncoder:
-    """Tokenizes, truncates to ``max_tokens`` and maps tokens (and n-grams up to ``ngram_max``) to ids."""
+    """Tokenizes, truncates to ``max_tokens`` and maps tokens (and n-grams up to ``ngram_max``) to ids; with
+    ``subword_buckets`` > 0 each token also brings the ids of its hashed character n-grams, numbered after the
+    vocabulary (``n_ids`` in all)."""
 
-    def __init__(self, vocab: Vocabulary, ngram_max: int = 1, max_tokens: int = 256, lowercase: bool = True) -> None:
+    def __init__(
+        self,
+        vocab: Vocabulary,
+        ngram_max: int = 1,
+        max_tokens: int = 256,
+        lowercase: bool = True,
+        subword_buckets: int = 0,
+    ) -> None:
+        if subword_buckets < 0:
+            raise ConfigError(f"subword_buckets must be at least 0 (got {subword_buckets})")
+        self.subword_buckets = subword_buckets
         if ngram_max < 1:
             raise ConfigError(f"ngram_max must be at least 1 (got {ngram_max})")
         if max_tokens < 1:
@@ -94,6 +124,11 @@ class TextEncoder:
         self.ngram_max = ngram_max
         self.max_tokens = max_tokens
         self.lowercase = lowercase
+
+    @property
+    def n_ids(self) -> int:
+        """Size of the id space a model's embedding table needs: the vocabulary, then the subword buckets."""
+        return len(self.vocab) + self.subword_buckets
 
     def tokens(self, text: str) -> list[str]:
         """The first ``max_tokens`` tokens of ``text``; the scan stops there, so a long text costs no more."""
@@ -123,6 +158,10 @@ class TextEncoder:
                 ids.append(unigram_ids + [i for i in found if i is not None])
             else:
                 ids.append(unigram_ids)
+            if self.subword_buckets:
+                row, buckets, offset = ids[-1], self.subword_buckets, len(self.vocab)
+                for token in tokens:
+                    row.extend(subword_ids(token, buckets, offset))
             n_tokens.append(len(tokens))
             n_known_tokens.append(len(unigram_ids) - unigram_ids.count(unk))
         return EncodedTexts(ids, n_tokens, n_known_tokens, token_lists)
@@ -147,10 +186,12 @@ class TextEncoder:
         return cls(vocab, ngram_max=ngram_max, max_tokens=max_tokens, lowercase=lowercase)
 
     def to_json(self) -> dict[str, Any]:
+        subwords = {"subword_buckets": self.subword_buckets} if self.subword_buckets else {}
         return {
             "lowercase": self.lowercase,
             "ngram_max": self.ngram_max,
             "max_tokens": self.max_tokens,
+            **subwords,
             "tokens": self.vocab.tokens,
         }
 
@@ -160,12 +201,13 @@ class TextEncoder:
             tokens = data["tokens"]
             if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
                 raise TypeError("tokens must be a list of strings")
-            for key in ("ngram_max", "max_tokens"):
+            data = {"subword_buckets": 0} | data
+            for key in ("ngram_max", "max_tokens", "subword_buckets"):
                 if not isinstance(data[key], int) or isinstance(data[key], bool):
                     raise TypeError(f"{key} must be an integer (got {type(data[key]).__name__})")
             if not isinstance(data["lowercase"], bool):
                 raise TypeError(f"lowercase must be true or false (got {type(data['lowercase']).__name__})")
-            settings = {key: data[key] for key in ("ngram_max", "max_tokens", "lowercase")}
+            settings = {key: data[key] for key in ("ngram_max", "max_tokens", "lowercase", "subword_buckets")}
             return cls(Vocabulary(tokens), **settings)
         except (KeyError, TypeError, ValueError, ConfigError) as error:
             raise CheckpointError(f"{source}: invalid vocabulary ({error})") from error

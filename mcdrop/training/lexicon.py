@@ -87,6 +87,7 @@ def extend_vocabulary(encoder: TextEncoder, words: list[str]) -> tuple[TextEncod
         ngram_max=encoder.ngram_max,
         max_tokens=encoder.max_tokens,
         lowercase=encoder.lowercase,
+        subword_buckets=encoder.subword_buckets,
     )
     logger.info("vocabulary: %d lexicon words added to %d entries", len(extra), len(known))
     return extended, len(known)
@@ -96,9 +97,10 @@ def is_negator(token: str) -> bool:
     return token in NEGATORS or token.endswith("n't")
 
 
-def prior_table(vocab: Vocabulary, valence: dict[str, float]) -> Tensor:
-    """``(len(vocab), len(PRIOR_FEATURES))`` float32: the fixed features of every id (n-gram ids get zeros)."""
-    table = torch.zeros(len(vocab), len(PRIOR_FEATURES))
+def prior_table(vocab: Vocabulary, valence: dict[str, float], n_ids: int | None = None) -> Tensor:
+    """``(n_ids, len(PRIOR_FEATURES))`` float32 (``n_ids`` defaults to the vocabulary's size): the fixed features of
+    every id; n-gram and subword ids get zeros."""
+    table = torch.zeros(len(vocab) if n_ids is None else n_ids, len(PRIOR_FEATURES))
     for row, token in enumerate(vocab.tokens):
         if row < 2 or " " in token:
             continue

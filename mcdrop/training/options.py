@@ -62,6 +62,7 @@ class TrainOptions:
     lexicon_prior: bool = False
     token_dropout: float = 0.0
     bag_skip: bool = False
+    subword_buckets: int = 0
     distill_from: str | None = None
     distill_weight: float = 0.5
     device: str = "cpu"
@@ -92,6 +93,11 @@ class TrainOptions:
             raise ConfigError(
                 "--gate-dropout replaces --word-dropout, --input-dropout and --weight-dropout (set them to 0) and "
                 f"needs --num-layers 1 (got {self.num_layers})"
+            )
+        if self.subword_buckets < 0 or (self.subword_buckets and self.architecture != "mlp"):
+            raise ConfigError(
+                f"--subword-buckets must be 0, or positive for the bag-of-words mlp (got {self.subword_buckets} "
+                f"for {self.architecture})"
             )
         if not 1 <= self.ensemble_size <= MAX_MEMBERS:
             raise ConfigError(f"--ensemble-size must be in [1, {MAX_MEMBERS}] (got {self.ensemble_size})")

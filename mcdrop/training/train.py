@@ -58,7 +58,16 @@ def build_encoder(train: Dataset, options: TrainOptions) -> TextEncoder:
         ngram_max=options.ngram_max,
         max_tokens=options.max_tokens,
     )
-    logger.info("vocabulary: %d entries (n-grams up to %d)", len(encoder.vocab), options.ngram_max)
+    if options.subword_buckets:
+        encoder = TextEncoder(
+            encoder.vocab, options.ngram_max, options.max_tokens, encoder.lowercase, options.subword_buckets
+        )
+    logger.info(
+        "vocabulary: %d entries (n-grams up to %d), %d subword buckets",
+        len(encoder.vocab),
+        options.ngram_max,
+        options.subword_buckets,
+    )
     return encoder
 
 
@@ -114,14 +123,14 @@ def _fit(options: TrainOptions, splits: DataSplits) -> tuple[MCModel, TextEncode
     if options.lexicon_prior:
         valence = load_valence()
         encoder, n_trained = extend_vocabulary(encoder, sorted(valence))
-        prior = prior_table(encoder.vocab, valence)
+        prior = prior_table(encoder.vocab, valence, encoder.n_ids)
     train_ids, val_ids = encoder.encode(splits.train.texts).ids, encoder.encode(splits.validation.texts).ids
     targets = _training_targets(splits, options)
     members: list[MCModel] = []
     histories: list[History] = []
     for k in range(options.ensemble_size):
         torch.manual_seed(options.seed + k)
-        member = build_model(options.architecture, len(encoder.vocab), len(splits.label_names), options.model_params())
+        member = build_model(options.architecture, encoder.n_ids, len(splits.label_names), options.model_params())
         scale_embeddings(member, options.embed_init_std)
         if options.init_embeddings:
             init_embeddings_from(member, encoder, options.init_embeddings)

@@ -86,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--distill-from", default=None, help="a trained checkpoint whose MC probabilities are soft targets"
     )
     shift.add_argument("--distill-weight", type=float, default=d.distill_weight, help="share of the soft targets")
+    shift.add_argument(
+        "--subword-buckets", type=int, default=d.subword_buckets, help="mlp: hashed character 3-5-grams of each token"
+    )
     shift.add_argument("--bag-skip", action="store_true", help="gru: pool the step inputs' mean beside the states")
     shift.add_argument(
         "--token-dropout", type=float, default=d.token_dropout, help="drop tokens (not their prior) in training only"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcdrop.core.errors import CheckpointError
+from mcdrop.core.errors import CheckpointError, ConfigError
 from mcdrop.core.text import TextEncoder, Vocabulary, ngrams, tokenize
 
 
@@ -48,3 +48,34 @@ def test_json_round_trip_and_corrupt_vocab() -> None:
     assert (again.ngram_max, again.max_tokens, again.lowercase) == (2, 7, True)
     with pytest.raises(CheckpointError, match=r"vocab.json: invalid vocabulary"):
         TextEncoder.from_json({"tokens": ["x"], "ngram_max": 1, "max_tokens": 5, "lowercase": True})
+
+
+def test_subword_ids_are_stable_hashed_pieces_numbered_after_the_vocabulary() -> None:
+    from mcdrop.core.text import subword_ids
+
+    pieces = subword_ids("film", 100, 50)
+    assert len(pieces) == 4 + 3 + 2  # "<film>": six characters, pieces of 3, 4 and 5
+    assert all(50 <= i < 150 for i in pieces)
+    assert subword_ids("film", 100, 50) == pieces  # CRC-32: the same in every process, unlike hash()
+    assert len(set(subword_ids("unwatchable", 1 << 16, 0)) & set(subword_ids("watchable", 1 << 16, 0))) >= 8
+
+
+def test_an_encoder_with_subwords_appends_them_and_round_trips() -> None:
+    encoder = TextEncoder.fit(["a fine film", "a dull film"], max_size=50, ngram_max=2)
+    plain = encoder.encode(["a fine flim"])
+    with_subwords = TextEncoder(encoder.vocab, 2, encoder.max_tokens, subword_buckets=64)
+    encoded = with_subwords.encode(["a fine flim"])
+    assert encoded.ids[0][: len(plain.ids[0])] == plain.ids[0]  # words and n-grams first, as before
+    assert len(encoded.ids[0]) > len(plain.ids[0]) and max(encoded.ids[0]) < with_subwords.n_ids
+    assert encoded.n_known_tokens == plain.n_known_tokens  # subwords never make a word known
+    again = TextEncoder.from_json(with_subwords.to_json())
+    assert again.subword_buckets == 64 and again.encode(["a fine flim"]).ids == encoded.ids
+    assert "subword_buckets" not in encoder.to_json()  # vocabularies without subwords are written as before
+
+
+def test_a_bad_subword_setting_is_named() -> None:
+    encoder = TextEncoder.fit(["a film"], max_size=10)
+    with pytest.raises(ConfigError, match="subword_buckets must be at least 0"):
+        TextEncoder(encoder.vocab, subword_buckets=-1)
+    with pytest.raises(CheckpointError, match="subword_buckets must be an integer"):
+        TextEncoder.from_json(encoder.to_json() | {"subword_buckets": "many"})

@@ -222,3 +222,20 @@ def test_distilling_from_a_model_with_other_labels_is_refused(
     teacher = make_checkpoint("mlp", labels=("negative", "positive"))
     assert _train(reviews_csv, tmp_path / "student", *GRU_FLAGS, "--distill-from", str(teacher)) == 2
     assert "--distill-from: the teacher's labels ['negative', 'positive'] differ" in capsys.readouterr().err
+
+
+def test_mlp_subwords_train_round_trip_and_a_gru_refuses_them(
+    reviews_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _train(reviews_csv, tmp_path / "models", *MLP_FLAGS, "--subword-buckets", "128") == 0
+    directory = tmp_path / "models" / "tiny"
+    checkpoint = load_checkpoint(directory)
+    assert checkpoint.encoder.subword_buckets == 128
+    assert checkpoint.model.token_embeddings().shape[0] == len(checkpoint.encoder.vocab) + 128
+    report = json.loads((directory / "eval_report.json").read_text())
+    engine = MCEngine(checkpoint, device="cpu")
+    again = json.loads(json.dumps(engine.predict(["superb fun, wonderfull"], n_samples=8, seed=0)[0].to_dict()))
+    assert again["label"] in ("bad", "good", "meh") and report["mc"]["accuracy"] > 0.5
+    assert _train(reviews_csv, tmp_path / "gru", *GRU_FLAGS, "--subword-buckets", "128") == 2
+    error = capsys.readouterr().err
+    assert "--subword-buckets must be 0, or positive for the bag-of-words mlp (got 128 for gru)" in error
