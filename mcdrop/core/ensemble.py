@@ -133,12 +133,13 @@ class DropoutEnsemble(nn.Module):
             for k, (member, part) in enumerate(zip(self._members, state, strict=True))
             if (first := start + (k - start) % size) < stop
         ]
-        threads = min(spare_threads(), len(passes)) if self.thread_safe_tail else 1
-        if threads > 1:  # one text, say: the members' passes side by side, each with its own view of the masks
+        spare = spare_threads() if self.thread_safe_tail else 1
+        # one text, say: the members' passes side by side, each with its own view of the masks
+        if min(spare, len(passes)) > 1:
             jobs = [
                 partial(m.stochastic_tail, part, sampler.view(slice(first, stop, size))) for m, part, first in passes
             ]
-            results = side_by_side(jobs, threads)
+            results = side_by_side(jobs, spare)  # one pool size per caller: no churn when K or N varies
         else:
             results = []
             try:

@@ -24,12 +24,38 @@ from typing import TypeVar
 
 import torch
 
+S = TypeVar("S")
 T = TypeVar("T")
 
 _local = threading.local()  # .spare: threads a single chunk on this thread may use (1 unless set by map)
-_side_pool: ThreadPoolExecutor | None = None
-_side_size = 0
-_side_lock = threading.Lock()
+
+
+class WorkerPool:
+    """Worker threads of one intra-op thread each, as many as the last caller asked for. Jobs are handed over
+    under the pool's lock: a caller asking for another size replaces the pool, and the old one still finishes
+    what it was given, so no caller ever finds its pool shut down under it."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._pool: ThreadPoolExecutor | None = None  # made on the first call
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[[S], T], items: Sequence[S], threads: int) -> list[T]:
+        """``fn`` over ``items`` on ``threads`` workers, results in order."""
+        with self._lock:
+            if self._pool is None or self._size != threads:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False)  # running and queued jobs finish
+                self._pool = ThreadPoolExecutor(
+                    threads, thread_name_prefix=self._name, initializer=torch.set_num_threads, initargs=(1,)
+                )
+                self._size = threads
+            futures = [self._pool.submit(fn, item) for item in items]
+        return [future.result() for future in futures]
+
+
+_side = WorkerPool("mcdrop-side")
 
 
 def spare_threads() -> int:
@@ -38,27 +64,19 @@ def spare_threads() -> int:
 
 
 def side_by_side(fns: Sequence[Callable[[], T]], threads: int) -> list[T]:
-    """Every ``fn()``, on up to ``threads`` worker threads of one intra-op thread each, in order."""
-    global _side_pool, _side_size
-    with _side_lock:  # the pool only grows, and jobs are submitted before another caller could replace it
-        if _side_pool is None or _side_size < threads:
-            old, _side_size = _side_pool, threads
-            _side_pool = ThreadPoolExecutor(
-                threads, thread_name_prefix="mcdrop-side", initializer=torch.set_num_threads, initargs=(1,)
-            )
-            if old is not None:
-                old.shutdown(wait=False)  # running jobs finish; new ones go to the larger pool
-        futures = [_side_pool.submit(fn) for fn in fns]
-    return [future.result() for future in futures]
+    """Every ``fn()``, on ``threads`` worker threads of one intra-op thread each, in order."""
+    return _side.run(_call, fns, threads)
+
+
+def _call(fn: Callable[[], T]) -> T:
+    return fn()
 
 
 class ChunkRunner:
     """Maps a function over chunks with one intra-op thread each, on up to the caller's torch thread count."""
 
     def __init__(self) -> None:
-        self._pool: ThreadPoolExecutor | None = None  # made on the first call that has several threads
-        self._size = 0
-        self._lock = threading.Lock()
+        self._workers = WorkerPool("mcdrop-chunk")
 
     def map(self, fn: Callable[[list[int]], T], chunks: list[list[int]], parallel: bool = True) -> list[T]:
         """``fn`` over ``chunks``, in order; ``parallel=False`` runs them one after another on this thread."""
@@ -73,17 +91,6 @@ class ChunkRunner:
                     return [fn(chunks[0])]
                 finally:
                     _local.spare = 1
-            return list(self._workers(threads).map(fn, chunks))
+            return self._workers.run(fn, chunks, threads)
         finally:
             torch.set_num_threads(threads)
-
-    def _workers(self, threads: int) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None or self._size != threads:
-                if self._pool is not None:
-                    self._pool.shutdown(wait=False)
-                self._pool = ThreadPoolExecutor(
-                    threads, thread_name_prefix="mcdrop-chunk", initializer=torch.set_num_threads, initargs=(1,)
-                )
-                self._size = threads
-            return self._pool
