@@ -40,7 +40,7 @@ def engines(path: Path) -> tuple[MCEngine, MCEngine, int]:
     return MCEngine(checkpoint, device="cpu"), MCEngine(first, device="cpu"), checkpoint.model.size
 
 
-def median_ms(engine: MCEngine, texts: list[str], n_samples: int) -> float:
+def call_ms(engine: MCEngine, texts: list[str], n_samples: int) -> float:
     start = time.perf_counter()
     engine.predict(texts, n_samples=n_samples, seed=0)
     return (time.perf_counter() - start) * 1e3
@@ -64,11 +64,11 @@ def main() -> None:
         for batch, n_samples in CASES:
             chunk = texts[:batch]
             for engine in (ensemble, single):
-                median_ms(engine, chunk, n_samples)  # warm-up
+                call_ms(engine, chunk, n_samples)  # warm-up
             times: dict[str, list[float]] = {"ensemble": [], "single": []}
             for _ in range(args.repeats):
-                times["ensemble"].append(median_ms(ensemble, chunk, n_samples))
-                times["single"].append(median_ms(single, chunk, n_samples))
+                times["ensemble"].append(call_ms(ensemble, chunk, n_samples))
+                times["single"].append(call_ms(single, chunk, n_samples))
             e, s = statistics.median(times["ensemble"]), statistics.median(times["single"])
             print(f"| {Path(path).name} | {size} | {batch} | {n_samples} | {e:.2f} | {s:.2f} | {e / s:.2f} |")
 

@@ -122,10 +122,9 @@ class DropoutEnsemble(nn.Module):
             return torch.stack(probs).mean(0).clamp_min(1e-12).log()
         window = sampler.pass_samples
         start, stop, _ = window.indices(sampler.n_samples)
-        if isinstance(state, Tensor):  # the fused MLP prefix made it
-            fused = self._fused_mlps()
-            assert fused is not None, "a fused prefix result needs an inference call"
-            return fused.tail(state, sampler, start, stop)
+        if isinstance(state, Tensor):  # the fused MLP prefix made it, with the fused copy it checked then
+            assert self._fused is not None, "a fused prefix result needs an inference call"
+            return self._fused[1].tail(state, sampler, start, stop)
         size = self.size
         # member k's samples in [start, stop): first_k, first_k + K, ... (a member may have none in a short window)
         passes = [
