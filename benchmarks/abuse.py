@@ -2,6 +2,7 @@
 
     python benchmarks/abuse.py                           # about 1.5 minutes
     python benchmarks/abuse.py --storm 1500 --seconds 5  # the full-size storm, if the machine can drive it
+    python benchmarks/abuse.py --only storm --storm 1500 --busy-delay 2   # one part, another refusal delay
     python benchmarks/abuse.py --server-pythonpath /tmp/old-tree   # the same figures for another source tree
 
 Starts ``mcdrop serve`` on 127.0.0.1 (``models/`` if it has checkpoints, else a tiny stand-in) and prints:
@@ -105,7 +106,7 @@ def storm(server: ServerProcess, args: argparse.Namespace) -> None:
     print(f"  goodput ratio {goodput / capacity:.2f}, p99 ratio {storm_p99 / p99:.2f}, {refused:.0f} refusals/s")
 
 
-def amplification(server: ServerProcess) -> None:
+def amplification(server: ServerProcess, args: argparse.Namespace) -> None:
     body = b'{"texts": [' + b",".join([b"1"] * 500_000) + b"]}"
     request = urllib.request.Request(
         server.url + "/v1/predict", data=body, headers={"Content-Type": "application/json"}
@@ -132,6 +133,10 @@ def main() -> None:
     parser.add_argument("--storm", type=int, default=300, help="clients added for the storm")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--busy-delay", type=float, default=1.0, help="the server's MCDROP_BUSY_DELAY_S")
+    parser.add_argument(
+        "--only", choices=["422", "idle", "headers", "storm"], action="append", help="run only these parts"
+    )
     parser.add_argument("--server-pythonpath", help="run the server from this source tree (PYTHONPATH)")
     args = parser.parse_args()
     models = REPO / "models"
@@ -151,6 +156,7 @@ def main() -> None:
         "MCDROP_HEADER_TIMEOUT_S": str(args.header_timeout),
         "MCDROP_BODY_TIMEOUT_S": str(args.header_timeout),
         "MCDROP_MAX_IN_FLIGHT": str(args.clients),
+        "MCDROP_BUSY_DELAY_S": str(args.busy_delay),
         # the same scale-down for a server without the in-flight limit: its 503s come from the queue limit
         "MCDROP_QUEUE_LIMIT": str(max(64, args.clients * 4)),
     }
@@ -159,10 +165,10 @@ def main() -> None:
     server = start_server(models, workdir / "serve.log", env, cwd=REPO)
     try:
         print(f"mcdrop serve {server.url} on {models} (log: {workdir / 'serve.log'})")
-        amplification(server)
-        idle(server, args)
-        headers(server, args)
-        storm(server, args)
+        parts = {"422": amplification, "idle": idle, "headers": headers, "storm": storm}
+        for name, part in parts.items():
+            if args.only is None or name in args.only:
+                part(server, args)
     finally:
         server.stop()
 

@@ -22,7 +22,8 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from mcdrop import __version__
-from mcdrop.serving.admission import AdmissionMiddleware, InFlight
+from mcdrop.serving.admission import AdmissionMiddleware
+from mcdrop.serving.busy import BusyGate, InFlight
 from mcdrop.serving.context import RequestContextMiddleware
 from mcdrop.serving.errors import install_error_handlers
 from mcdrop.serving.openapi import install_openapi
@@ -76,6 +77,8 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
     )
     app.state.service = Service(settings, metrics)
     app.state.in_flight = in_flight = InFlight(settings.max_in_flight)
+    # the protocol under ``mcdrop serve`` refuses with this gate before the app starts (see busy.py)
+    app.state.busy_gate = gate = BusyGate(in_flight, metrics, settings.busy_delay_s)
     install_error_handlers(app)
     # the prediction routes first: a request is matched against the routes in order (see routes.py)
     app.include_router(predict_router)
@@ -84,7 +87,5 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
     app.include_router(v2_router)
     install_openapi(app, settings)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log)
-    app.add_middleware(  # added last: the outermost
-        AdmissionMiddleware, in_flight=in_flight, metrics=metrics, delay_s=settings.busy_delay_s
-    )
+    app.add_middleware(AdmissionMiddleware, gate=gate)  # added last: the outermost
     return app

@@ -11,6 +11,8 @@ makes the kernel reset it, often before the client has read the answer (a 413 be
   complete headers; then ``body_timeout_s`` for the whole body, not per read (408 if the app still waits for
   it): a client sending a byte every few seconds defeats an inactivity timeout; between requests the idle limit
   is ``idle_timeout_s`` (uvicorn's ``timeout_keep_alive`` when unset);
+* past the in-flight limit, a prediction is refused here with the app's ``BusyGate`` (:mod:`.busy`): its 503
+  is a loop timer and one write, with no ASGI task;
 * uvicorn's ``limit_concurrency`` becomes a connection limit: a request on a connection opened while that many
   were open, or made while that many requests are in progress, is answered 503 with ``Retry-After`` and closed,
   written here without starting the app; established connections keep being served;
@@ -26,7 +28,8 @@ It subclasses uvicorn internals (``HttpToolsProtocol`` and the cycle's ``transpo
 :mod:`mcdrop.serving.serve` builds it from the settings::
 
     limits = ConnectionLimits(max_header_bytes=16 * 1024, header_timeout_s=10, body_timeout_s=30)
-    config = uvicorn.Config(app, http=protocol_class(limits), timeout_keep_alive=5, limit_concurrency=2048)
+    http = protocol_class(limits, app.state.busy_gate)
+    config = uvicorn.Config(app, http=http, timeout_keep_alive=5, limit_concurrency=2048)
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from typing import Any, ClassVar
 
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+
+from mcdrop.serving.busy import PREDICT_PATH, BusyGate, is_prediction
 
 __all__ = ["ConnectionLimits", "HardenedHttpToolsProtocol", "protocol_class"]
 
@@ -111,6 +116,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` with the bounds of ``limits``; make one per set of limits with ``protocol_class``."""
 
     limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    busy_gate: ClassVar[BusyGate | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -125,6 +131,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._drained = 0  # body bytes discarded after the answer, for the current request
         self._headers_seen = 0
         self._cycle_transport: _CycleTransport | None = None
+        self._busy_timer: asyncio.TimerHandle | None = None
         # uvicorn answers every request 503 once limit_concurrency connections are open, and logs each one; here
         # only connections beyond the limit are refused (see _start_asgi_task), and the log is a periodic count.
         self.max_connections, self.limit_concurrency = self.limit_concurrency, None
@@ -211,6 +218,9 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._busy_timer is not None:
+            self._busy_timer.cancel()
+            self._busy_timer = None
         self._cycle_transport = None
         super().connection_lost(exc)
 
@@ -293,7 +303,31 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             _OverLimitLog.refused(self.logger, limit)
             self._reject(503, f"server busy: more than {limit} connections or requests at once; retry later")
             return
+        gate = self.busy_gate
+        if gate is not None and gate.full() and is_prediction(cycle.scope["method"], cycle.scope["path"]):
+            cycle.response_started = True  # answered here: a stalled body now just closes the connection
+            v2 = cycle.scope["path"] != PREDICT_PATH
+            self._busy_timer = self.loop.call_later(gate.delay(), self._send_busy, gate, cycle, v2, time.perf_counter())
+            return
         super()._start_asgi_task(cycle, app)
+
+    def _send_busy(self, gate: BusyGate, cycle: RequestResponseCycle, v2: bool, since: float) -> None:
+        """The gate's 503 for ``cycle``, in place of the app. The connection stays open when the request is
+        complete and may be kept alive; with its body still coming it is closed after a drain."""
+        self._busy_timer = None
+        if self.transport.is_closing() or cycle.response_complete:
+            return
+        body_pending = cycle is self.cycle and self.phase == _BODY
+        keep_alive = cycle.keep_alive and not body_pending
+        self.transport.write(gate.response_bytes(v2, self.server_state.default_headers, keep_alive))
+        cycle.response_complete = True
+        gate.refused(v2, since)
+        if keep_alive:
+            self.on_response_complete()  # the next request, pipelined or to come
+        elif body_pending:
+            self._drain_then_close()
+        else:
+            self.transport.close()
 
     def handle_websocket_upgrade(self) -> None:
         self._deadline = None  # the connection now belongs to the WebSocket protocol and its own timers
@@ -316,7 +350,10 @@ class _OverLimitLog:
             cls.count, cls.last = 0, now
 
 
-def protocol_class(limits: ConnectionLimits | None = None) -> type[HardenedHttpToolsProtocol]:
-    """A protocol class bound to ``limits``, to pass as ``uvicorn.Config(app, http=...)``."""
-    limits = limits or ConnectionLimits()
-    return type("HardenedHttpToolsProtocol", (HardenedHttpToolsProtocol,), {"limits": limits})
+def protocol_class(
+    limits: ConnectionLimits | None = None, busy_gate: BusyGate | None = None
+) -> type[HardenedHttpToolsProtocol]:
+    """A protocol class bound to ``limits`` (and refusing predictions with ``busy_gate`` when it is full), to pass
+    as ``uvicorn.Config(app, http=...)``."""
+    attributes = {"limits": limits or ConnectionLimits(), "busy_gate": busy_gate}
+    return type("HardenedHttpToolsProtocol", (HardenedHttpToolsProtocol,), attributes)

@@ -147,7 +147,7 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         app,
         host=settings.host,
         port=settings.port,
-        http=protocol_class(limits),
+        http=protocol_class(limits, app.state.busy_gate),
         timeout_keep_alive=math.ceil(settings.keep_alive_s),  # the protocol keeps the exact value
         limit_concurrency=settings.max_connections,  # a connection limit in the protocol
         log_config=None,

@@ -1,0 +1,96 @@
+"""The in-flight limit on predictions and its refusals, shared by the HTTP protocol and the ASGI app.
+
+Past ``InFlight.limit`` predictions being parsed, queued or run, ``POST /v1/predict`` and the ``/v2`` infer calls
+are answered::
+
+    503 {"detail": "server busy: 64 predictions in progress (limit 64); retry later"}   Retry-After: 1
+
+(``{"error": ...}`` on ``/v2``, as that protocol's clients expect), ``delay_s`` (jittered 0.5-1.5x) after the
+request arrived, so that a client retrying at once, ignoring ``Retry-After``, retries at most that often.
+
+A storm of such clients is paid for on the event loop, under the GIL the inference threads need, so the price of
+one refusal decides how much of the machine the storm takes. ``BusyGate`` keeps it to what cannot be avoided: under
+``mcdrop serve`` the HTTP protocol (:mod:`.protocol`) asks it before it would start the app, and the refusal is a
+loop timer and one write of prebuilt bytes, with no ASGI task, no middleware and no response objects. The app's
+``AdmissionMiddleware`` (:mod:`.admission`) counts the admitted predictions and refuses, with the same answer,
+what the protocol let through in the same loop turn, and everything under other servers or in-process clients.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+
+from mcdrop.serving.errors import RETRY_AFTER_OVERLOADED_S
+from mcdrop.serving.telemetry import Metrics
+
+PREDICT_PATH = "/v1/predict"
+V2_INFER_TEMPLATE = "/v2/models/{name}/infer"
+_ids = random.Random()  # request ids and jitter: unique and spread, not secret
+
+
+class InFlight:
+    """How many predictions are being parsed, queued or run, and how many may be."""
+
+    __slots__ = ("count", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+
+def is_prediction(method: str, path: str) -> bool:
+    """Whether a request counts against the in-flight limit: ``POST /v1/predict`` and ``POST /v2/.../infer``."""
+    return method == "POST" and (path == PREDICT_PATH or (path.startswith("/v2/models/") and path.endswith("/infer")))
+
+
+class BusyGate:
+    """Whether predictions are refused now, and the refusal: its delay, its bytes and its metrics."""
+
+    def __init__(self, in_flight: InFlight, metrics: Metrics, delay_s: float = 0.0) -> None:
+        self.in_flight = in_flight
+        self.metrics = metrics
+        self.delay_s = delay_s
+        limit = in_flight.limit
+        message = f"server busy: {limit} predictions in progress (limit {limit}); retry later"
+        self.bodies = {key: json.dumps({key: message}).encode() for key in ("detail", "error")}
+        self._heads = {v2: self._head(self.bodies["error" if v2 else "detail"]) for v2 in (False, True)}
+
+    @staticmethod
+    def _head(body: bytes) -> bytes:
+        """The answer's headers after the status line and the server's default headers, up to the request id."""
+        return b"content-type: application/json\r\ncontent-length: %d\r\nretry-after: %d\r\nx-request-id: " % (
+            len(body),
+            RETRY_AFTER_OVERLOADED_S,
+        )
+
+    def full(self) -> bool:
+        in_flight = self.in_flight
+        return in_flight.count >= in_flight.limit
+
+    def delay(self) -> float:
+        """How long this refusal waits: jittered, since refusals sent together would come back together."""
+        return self.delay_s * (0.5 + _ids.random()) if self.delay_s else 0.0
+
+    @staticmethod
+    def request_id() -> str:
+        return f"{_ids.getrandbits(128):032x}"
+
+    def response_bytes(self, v2: bool, default_headers: list[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
+        """The complete HTTP/1.1 answer, for a protocol that writes it itself."""
+        parts = [STATUS_LINE[503]]
+        parts += [name + b": " + value + b"\r\n" for name, value in default_headers]
+        parts += [self._heads[v2], self.request_id().encode()]
+        parts.append(b"\r\n\r\n" if keep_alive else b"\r\nconnection: close\r\n\r\n")
+        parts.append(self.bodies["error" if v2 else "detail"])
+        return b"".join(parts)
+
+    def refused(self, v2: bool, since: float) -> None:
+        """Count a refusal: ``mcdrop_rejected_requests_total{reason="busy"}`` and the request metrics (as a 5xx),
+        without an access-log line (they come in floods). ``since``: ``time.perf_counter()`` at its arrival."""
+        self.metrics.reject(None, "busy")
+        endpoint = V2_INFER_TEMPLATE if v2 else PREDICT_PATH  # a route template, never the raw path
+        self.metrics.observe_request(endpoint, "POST", 503, time.perf_counter() - since)
