@@ -18,9 +18,14 @@ what the protocol let through in the same loop turn, and everything under other 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import math
 import random
 import time
+from collections.abc import Callable
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
@@ -30,6 +35,8 @@ from mcdrop.serving.telemetry import Metrics
 PREDICT_PATH = "/v1/predict"
 V2_INFER_TEMPLATE = "/v2/models/{name}/infer"
 _ids = random.Random()  # request ids and jitter: unique and spread, not secret
+TICK_S = 0.02  # held refusals are released together, on ticks this far apart
+logger = logging.getLogger(__name__)
 
 
 class InFlight:
@@ -58,6 +65,7 @@ class BusyGate:
         message = f"server busy: {limit} predictions in progress (limit {limit}); retry later"
         self.bodies = {key: json.dumps({key: message}).encode() for key in ("detail", "error")}
         self._heads = {v2: self._head(self.bodies["error" if v2 else "detail"]) for v2 in (False, True)}
+        self._held: dict[tuple[int, int], list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
 
     @staticmethod
     def _head(body: bytes) -> bytes:
@@ -74,6 +82,31 @@ class BusyGate:
     def delay(self) -> float:
         """How long this refusal waits: jittered, since refusals sent together would come back together."""
         return self.delay_s * (0.5 + _ids.random()) if self.delay_s else 0.0
+
+    def hold(self, loop: asyncio.AbstractEventLoop, send: Callable[..., None], *args: Any) -> None:
+        """Call ``send(*args)`` after ``delay()``, rounded up to a tick, with every refusal due on that tick.
+
+        One timer per tick instead of one per refusal: a storm of a thousand refusals a second would otherwise
+        wake the event loop a thousand times a second, and each wake hands the GIL to and from the inference
+        threads. ``send`` must check that its connection is still open: a refusal is not withdrawn.
+        """
+        delay = self.delay()
+        if delay <= 0:
+            loop.call_soon(send, *args)
+            return
+        key = (id(loop), math.ceil((loop.time() + delay) / TICK_S))
+        due = self._held.get(key)
+        if due is None:
+            due = self._held[key] = []
+            loop.call_at(key[1] * TICK_S, self._release, key)
+        due.append((send, args))
+
+    def _release(self, key: tuple[int, int]) -> None:
+        for send, args in self._held.pop(key, ()):
+            try:
+                send(*args)
+            except Exception:  # one broken connection must not hold back the others' answers
+                logger.exception("a held refusal could not be sent")
 
     @staticmethod
     def request_id() -> str:

@@ -12,7 +12,7 @@ makes the kernel reset it, often before the client has read the answer (a 413 be
   it): a client sending a byte every few seconds defeats an inactivity timeout; between requests the idle limit
   is ``idle_timeout_s`` (uvicorn's ``timeout_keep_alive`` when unset);
 * past the in-flight limit, a prediction is refused here with the app's ``BusyGate`` (:mod:`.busy`): its 503
-  is a loop timer and one write, with no ASGI task;
+  is one write when the gate's timer releases it, with no ASGI task;
 * uvicorn's ``limit_concurrency`` becomes a connection limit: a request on a connection opened while that many
   were open, or made while that many requests are in progress, is answered 503 with ``Retry-After`` and closed,
   written here without starting the app; established connections keep being served;
@@ -131,7 +131,6 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._drained = 0  # body bytes discarded after the answer, for the current request
         self._headers_seen = 0
         self._cycle_transport: _CycleTransport | None = None
-        self._busy_timer: asyncio.TimerHandle | None = None
         # uvicorn answers every request 503 once limit_concurrency connections are open, and logs each one; here
         # only connections beyond the limit are refused (see _start_asgi_task), and the log is a periodic count.
         self.max_connections, self.limit_concurrency = self.limit_concurrency, None
@@ -218,9 +217,6 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._busy_timer is not None:
-            self._busy_timer.cancel()
-            self._busy_timer = None
         self._cycle_transport = None
         super().connection_lost(exc)
 
@@ -307,15 +303,14 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         if gate is not None and gate.full() and is_prediction(cycle.scope["method"], cycle.scope["path"]):
             cycle.response_started = True  # answered here: a stalled body now just closes the connection
             v2 = cycle.scope["path"] != PREDICT_PATH
-            self._busy_timer = self.loop.call_later(gate.delay(), self._send_busy, gate, cycle, v2, time.perf_counter())
+            gate.hold(self.loop, self._send_busy, gate, cycle, v2, time.perf_counter())
             return
         super()._start_asgi_task(cycle, app)
 
     def _send_busy(self, gate: BusyGate, cycle: RequestResponseCycle, v2: bool, since: float) -> None:
         """The gate's 503 for ``cycle``, in place of the app. The connection stays open when the request is
         complete and may be kept alive; with its body still coming it is closed after a drain."""
-        self._busy_timer = None
-        if self.transport.is_closing() or cycle.response_complete:
+        if self.transport.is_closing() or cycle.response_complete:  # gone meanwhile
             return
         body_pending = cycle is self.cycle and self.phase == _BODY
         keep_alive = cycle.keep_alive and not body_pending
