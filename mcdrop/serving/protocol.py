@@ -35,24 +35,20 @@ It subclasses uvicorn internals (``HttpToolsProtocol`` and the cycle's ``transpo
 from __future__ import annotations
 
 import asyncio
-import json
-import random
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from uvicorn._types import ASGI3Application
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from mcdrop.serving.busy import PREDICT_PATH, BusyGate, is_prediction
+from mcdrop.serving.raw_answers import OverLimitLog, error_response
 
 __all__ = ["ConnectionLimits", "HardenedHttpToolsProtocol", "protocol_class"]
 
 # Read phases of the request being received.
 _IDLE, _HEADERS, _BODY, _DONE, _DRAIN, _UPGRADED = range(6)
-RETRY_AFTER_S = 1  # what a 503 for too many connections tells the client
-_WARN_EVERY_S = 10.0  # refusals for too many connections are logged at most this often, with their count
-_ids = random.Random()  # request ids of the answers written here: unique, not secret
 
 
 @dataclass(frozen=True)
@@ -66,23 +62,6 @@ class ConnectionLimits:
     idle_timeout_s: float | None = None  # keep-alive idle time between requests
     drain_bytes: int = 4 * 1024 * 1024  # read and discarded before closing with a body still coming
     drain_timeout_s: float = 5.0  # the longest such a drain may last
-
-
-def _error_response(status: int, detail: str, default_headers: list[tuple[bytes, bytes]]) -> tuple[bytes, str]:
-    """A complete ``Connection: close`` JSON error answer and the request id it carries."""
-    request_id = f"{_ids.getrandbits(128):032x}"
-    body = json.dumps({"detail": detail}).encode()
-    head = [STATUS_LINE[status]]
-    head += [name + b": " + value + b"\r\n" for name, value in default_headers]
-    if status == 503:
-        head.append(b"retry-after: %d\r\n" % RETRY_AFTER_S)
-    head += [
-        b"content-type: application/json\r\n",
-        b"content-length: %d\r\n" % len(body),
-        b"x-request-id: " + request_id.encode() + b"\r\n",
-        b"connection: close\r\n\r\n",
-    ]
-    return b"".join(head) + body, request_id
 
 
 class _CycleTransport(asyncio.Transport):
@@ -171,8 +150,8 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._expect(min(self.idle_timeout_s, self.limits.header_timeout_s), since=self._idle_since)
 
     def _reject(self, status: int, detail: str) -> None:
-        response, request_id = _error_response(status, detail, self.server_state.default_headers)
-        if status != 503:  # those come in floods: _OverLimitLog counts them
+        response, request_id = error_response(status, detail, self.server_state.default_headers)
+        if status != 503:  # those come in floods: OverLimitLog counts them
             client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
             self.logger.info("%s %d %s (request id %s)", client, status, detail, request_id)
         self.transport.write(response)
@@ -296,7 +275,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         limit = self.max_connections
         if limit is not None and (self._over_limit or len(self.tasks) >= limit):
-            _OverLimitLog.refused(self.logger, limit)
+            OverLimitLog.refused(self.logger, limit)
             self._reject(503, f"server busy: more than {limit} connections or requests at once; retry later")
             return
         gate = self.busy_gate
@@ -328,21 +307,6 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline = None  # the connection now belongs to the WebSocket protocol and its own timers
         self.phase = _UPGRADED
         super().handle_websocket_upgrade()
-
-
-class _OverLimitLog:
-    """Refusals for too many connections, logged as one warning with a count at most every ``_WARN_EVERY_S``."""
-
-    count = 0
-    last = 0.0
-
-    @classmethod
-    def refused(cls, logger: Any, limit: int) -> None:
-        cls.count += 1
-        now = time.monotonic()
-        if now - cls.last >= _WARN_EVERY_S:
-            logger.warning("%d request(s) refused: more than %d connections or requests at once", cls.count, limit)
-            cls.count, cls.last = 0, now
 
 
 def protocol_class(
