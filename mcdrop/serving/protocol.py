@@ -110,6 +110,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._drained = 0  # body bytes discarded after the answer, for the current request
         self._headers_seen = 0
         self._cycle_transport: _CycleTransport | None = None
+        self._held: tuple[BusyGate, RequestResponseCycle, bool, float] | None = None  # a 503 waiting for its delay
         # uvicorn answers every request 503 once limit_concurrency connections are open, and logs each one; here
         # only connections beyond the limit are refused (see _start_asgi_task), and the log is a periodic count.
         self.max_connections, self.limit_concurrency = self.limit_concurrency, None
@@ -282,14 +283,17 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         if gate is not None and gate.full() and is_prediction(cycle.scope["method"], cycle.scope["path"]):
             cycle.response_started = True  # answered here: a stalled body now just closes the connection
             v2 = cycle.scope["path"] != PREDICT_PATH
-            gate.hold(self.loop, self._send_busy, gate, cycle, v2, time.perf_counter())
+            self._held = (gate, cycle, v2, time.perf_counter())
+            gate.hold(self.loop, self._send_busy, *self._held)
             return
         super()._start_asgi_task(cycle, app)
 
     def _send_busy(self, gate: BusyGate, cycle: RequestResponseCycle, v2: bool, since: float) -> None:
         """The gate's 503 for ``cycle``, in place of the app. The connection stays open when the request is
         complete and may be kept alive; with its body still coming it is closed after a drain."""
-        if self.transport.is_closing() or cycle.response_complete:  # gone meanwhile
+        if self._held is not None and self._held[1] is cycle:
+            self._held = None
+        if self.transport.is_closing() or cycle.response_complete:  # gone meanwhile, or sent at shutdown
             return
         body_pending = cycle is self.cycle and self.phase == _BODY
         keep_alive = cycle.keep_alive and not body_pending
@@ -302,6 +306,12 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             self._drain_then_close()
         else:
             self.transport.close()
+
+    def shutdown(self) -> None:
+        """The server stops: a refusal still held is sent now, with ``Connection: close``, instead of never."""
+        super().shutdown()
+        if self._held is not None:
+            self._send_busy(*self._held)
 
     def handle_websocket_upgrade(self) -> None:
         self._deadline = None  # the connection now belongs to the WebSocket protocol and its own timers

@@ -188,3 +188,17 @@ def test_a_refusal_for_a_connection_that_went_away_writes_nothing() -> None:
         assert harness.transport.written == b"" and harness.app_calls == 0
 
     asyncio.run(main())
+
+
+def test_a_held_refusal_is_sent_at_shutdown_instead_of_never() -> None:
+    async def main() -> None:
+        harness = Harness(limit=1, delay_s=30.0)
+        harness.gate.in_flight.count = 1
+        harness.protocol.data_received(PREDICT + BODY)
+        await _settle()
+        assert harness.answers() == []
+        harness.protocol.shutdown()
+        [(status, headers, _)] = harness.answers()
+        assert (status, headers["connection"], harness.transport.closed) == (503, "close", True)
+
+    asyncio.run(main())
