@@ -3,7 +3,7 @@
 On the CPU ``nn.GRU`` pays for its operator calls more than for its arithmetic at the sizes one text's samples
 make (a few dozen rows): each of its ``D·T`` direction-steps is about fifteen small ops, and ``K`` bidirectional
 members make ``K`` such calls (measured on the shipped GRU, one text of 19 tokens, N = 30: 2.6 ms for three calls,
-of which under a third is arithmetic). Here direction ``d`` of member ``k`` is lane ``k·D + d``: the input
+of which about a fifth is arithmetic). Here direction ``d`` of member ``k`` is lane ``k·D + d``: the input
 projections ``W_ih·x_t + b`` of every lane and step come from one batched matmul, and step ``t`` of all lanes is
 the handful of batched ops of :func:`~mcdrop.core.gate_recurrence.gru_step`, so the ensemble costs ``T`` steps
 instead of ``K·D·T``. The numbers are ``nn.GRU``'s to float rounding (~1e-7: other summation orders), and each
@@ -27,6 +27,12 @@ from torch import Tensor, nn
 from mcdrop.core.dropout import MaskSampler
 from mcdrop.core.gate_recurrence import directions, gru_step, pool_states
 from mcdrop.core.gru import DropoutGRU
+from mcdrop.core.threads import intra_op_threads, spare_threads
+
+# Multiply-adds from which the input projections take the caller's spare threads (mcdrop.core.threads): on the
+# shipped GRU one text of 19 tokens makes 28 M at N = 30 (0.56 ms on one thread) and 95 M at N = 100 (1.9 ms), and
+# two threads took about 0.3 and 0.7 ms off a call; far below that, the wait at the op's end would eat the gain.
+SPLIT_PROJECTION_MACS = 10_000_000
 
 
 def pays(lengths: Tensor, steps: int) -> bool:
@@ -91,7 +97,10 @@ class StackedGRUs:
         rows, steps = max(len(x) for x in xs), xs[0].shape[1]
         lanes = self.size * self.n_dir
         inputs = self._lane_inputs(xs, rows).view(lanes, steps * rows, -1)
-        projected = torch.baddbmm(self.bias_x, inputs, self.w_ih).view(lanes, steps, rows, -1)
+        # the loop's one large op: there the caller's spare threads pay (each step's ops are far too small)
+        big = inputs.numel() * self.w_ih.shape[-1] >= SPLIT_PROJECTION_MACS
+        with intra_op_threads(spare_threads() if big else 1):
+            projected = torch.baddbmm(self.bias_x, inputs, self.w_ih).view(lanes, steps, rows, -1)
         h = projected.new_zeros(lanes, rows, self.hidden)
         states = []
         for t in range(steps):

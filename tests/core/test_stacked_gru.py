@@ -124,3 +124,22 @@ def test_pooled_features_match_each_members_gru() -> None:
         for gru, x, got in zip(grus, xs, StackedGRUs(grus).pooled(xs), strict=True):
             states = gru(x)[0]
             torch.testing.assert_close(got, torch.cat([states.amax(1), states.mean(1)], -1))
+
+
+def test_spare_threads_on_the_projections_give_the_one_thread_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mcdrop.core.stacked_gru as stacked_gru
+    from mcdrop.core.threads import ChunkRunner
+
+    monkeypatch.setattr(stacked_gru, "SPLIT_PROJECTION_MACS", 0)  # every projection takes the spare threads
+    model = _ensemble({})
+    ids = BATCHES["one text"]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = _stacked(model, ids, slice(0, 11))
+        torch.set_num_threads(2)  # one chunk with a spare thread, as the engine runs one text
+        [shared] = ChunkRunner().map(lambda _: _stacked(model, ids, slice(0, 11)), [[0]])
+        assert torch.get_num_threads() == 2  # given back
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(shared, alone, rtol=1e-5, atol=1e-7)
