@@ -25,7 +25,9 @@ from mcdrop.core.contract import MCModel, ModelInput
 from mcdrop.core.dropout import MaskSampler
 from mcdrop.core.errors import ConfigError
 from mcdrop.core.fused_mlp import FusedMLPs, WeightVersions
+from mcdrop.core.gru import DropoutGRU
 from mcdrop.core.mlp import DropoutMLP
+from mcdrop.core.stacked_gru import StackedGRUs, pays, stackable
 from mcdrop.core.threads import side_by_side, spare_threads
 
 MAX_MEMBERS = 16
@@ -47,6 +49,9 @@ class DropoutEnsemble(nn.Module):
         # MLP members run fused at inference (mcdrop.core.fused_mlp): one call per layer instead of K
         self._mlps = [m for m in members if isinstance(m, DropoutMLP)]
         self._fused: tuple[tuple[tuple[int, int], ...], FusedMLPs] | None = None
+        # GRU members whose recurrences share one loop on the CPU (mcdrop.core.stacked_gru)
+        self._grus = [m for m in members if isinstance(m, DropoutGRU)] if stackable(members) else []
+        self._stacked: tuple[tuple[tuple[int, int], ...], StackedGRUs] | None = None
         self._versions = WeightVersions(self)
 
     @property
@@ -79,10 +84,11 @@ class DropoutEnsemble(nn.Module):
         return self._members[0].make_input(ids, device)
 
     def invalidate_fused(self) -> None:
-        """Drop the fused copy of MLP members; the next inference call rebuilds it. Loading weights and switching
-        modes do this; code that writes weights where the fingerprint cannot see (``param.data``, fused optimizer
-        steps) must call it."""
+        """Drop the fused copy of MLP members (and the stacked one of GRU members); the next inference call
+        rebuilds it. Loading weights and switching modes do this; code that writes weights where the fingerprint
+        cannot see (``param.data``, fused optimizer steps) must call it."""
         self._fused = None
+        self._stacked = None
 
     def train(self, mode: bool = True) -> DropoutEnsemble:
         self.invalidate_fused()
@@ -101,6 +107,20 @@ class DropoutEnsemble(nn.Module):
         if self._fused is None or self._fused[0] != key:
             self._fused = (key, FusedMLPs(self._mlps))
         return self._fused[1]
+
+    def _stacked_grus(self, state: Any, members: int) -> StackedGRUs | None:
+        """The stacked form of GRU members for a pass over prefix ``state`` in which ``members`` members have samples,
+        kept while the weights stay the same: an inference call on the CPU, every member with samples, no text
+        padded; ``None`` otherwise (also for members that cannot share a loop)."""
+        if not self._grus or members != self.size or self.training or torch.is_grad_enabled():
+            return None
+        embedded, lengths = state[0][0], state[0][-1]
+        if embedded.device.type != "cpu" or not pays(lengths, embedded.shape[1]):
+            return None
+        key = self._versions.key()
+        if self._stacked is None or self._stacked[0] != key:
+            self._stacked = (key, StackedGRUs([m.gru for m in self._grus]))
+        return self._stacked[1]
 
     def prefix(self, batch: ModelInput) -> Any:
         """Each member's prefix result, in member order (fused MLP members: one ``(B, K, F)`` tensor)."""
@@ -132,9 +152,14 @@ class DropoutEnsemble(nn.Module):
             for k, (member, part) in enumerate(zip(self._members, state, strict=True))
             if (first := start + (k - start) % size) < stop
         ]
+        # texts of one length (one text, say) and every member with samples here: their recurrences in one loop
+        stacked = self._stacked_grus(state, len(passes))
         spare = spare_threads() if self.thread_safe_tail else 1
+        if stacked is not None:
+            views = [sampler.view(slice(first, stop, size)) for _, _, first in passes]
+            results = stacked.tails(self._grus, state, views)
         # one text, say: the members' passes side by side, each with its own view of the masks
-        if min(spare, len(passes)) > 1:
+        elif min(spare, len(passes)) > 1:
             jobs = [
                 partial(m.stochastic_tail, part, sampler.view(slice(first, stop, size))) for m, part, first in passes
             ]

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 
-def _directions(gru: nn.GRU) -> list[str]:
+def directions(gru: nn.GRU) -> list[str]:
+    """The suffixes of a single-layer GRU's parameter names, one per direction (forward first)."""
     return ["_l0", "_l0_reverse"] if gru.bidirectional else ["_l0"]
 
 
@@ -32,7 +33,7 @@ def _tanh(x: Tensor) -> Tensor:
 
 def input_projections(gru: nn.GRU, x: Tensor) -> Tensor:
     """``(B, T, I)`` step inputs → ``(B, T, D·3H)`` projections ``W_ih·x_t`` of each direction (no bias)."""
-    weight = torch.cat([gru.get_parameter("weight_ih" + d) for d in _directions(gru)])
+    weight = torch.cat([gru.get_parameter("weight_ih" + d) for d in directions(gru)])
     return x @ weight.T
 
 
@@ -46,7 +47,7 @@ def gate_recurrence(gru: nn.GRU, projected: Tensor, lengths: Tensor, masks: Tens
         masks: scaled keep-masks ``(S, B or 1, D·3H)`` on the projections, shared by every time step; ``None``: no
             dropout (``S = 1``). Rows of the result are sample-major: row ``s·B + b``.
     """
-    names = _directions(gru)
+    names = directions(gru)
     n_dir, hidden = len(names), gru.hidden_size
     batch, steps = projected.shape[:2]
     w_hh = torch.stack([gru.get_parameter("weight_hh" + d) for d in names]).transpose(1, 2)  # (D, H, 3H)
@@ -77,13 +78,29 @@ def gate_recurrence(gru: nn.GRU, projected: Tensor, lengths: Tensor, masks: Tens
     for k in range(steps):
         x = inputs[k] + bias if keep is None else torch.addcmul(bias, inputs[k], keep)
         x = x.expand(n_dir, n_samples, batch, 3 * hidden).reshape(n_dir, rows, 3 * hidden)
-        rz = torch.sigmoid(torch.baddbmm(x[..., : 2 * hidden], h, w_rz))
-        r, z = rz[..., :hidden], rz[..., hidden:]
-        n = _tanh(torch.addcmul(x[..., 2 * hidden :], r, torch.baddbmm(bias_hn, h, w_n)))
-        h = torch.where(valid_rows[k], torch.lerp(n, h, z), h)
+        h = gru_step(x, h, w_rz, w_n, bias_hn, valid_rows[k])
         states.append(h)
-    stacked = torch.stack(states)  # (T, D, S·B, H)
-    maximum = stacked.masked_fill(~valid_rows, float("-inf")).amax(dim=0)
     count = lengths.to(projected.device, projected.dtype).repeat(n_samples)[None, :, None]
-    mean = (stacked * valid_rows).sum(dim=0) / count
+    maximum, mean = pool_states(torch.stack(states), valid_rows, count)  # states: (T, D, S·B, H)
     return torch.cat([maximum, mean]).permute(1, 0, 2).reshape(rows, 2 * n_dir * hidden)
+
+
+def gru_step(x: Tensor, h: Tensor, w_rz: Tensor, w_n: Tensor, bias_hn: Tensor, valid: Tensor | None) -> Tensor:
+    """One step of every lane (a direction, or a member's direction): ``x`` ``(L, R, 3H)`` are the step's input
+    projections with both r/z biases and n's input bias added, ``h`` ``(L, R, H)`` the states, ``w_rz``
+    ``(L, H, 2H)`` and ``w_n`` ``(L, H, H)`` the recurrent weights, ``bias_hn`` ``(L, 1, H)`` n's recurrent bias.
+    Rows where ``valid`` ``(L, R, 1)`` is false keep their state; ``None``: every row is a real step (no select)."""
+    hidden = h.shape[-1]
+    rz = torch.sigmoid(torch.baddbmm(x[..., : 2 * hidden], h, w_rz))
+    r, z = rz[..., :hidden], rz[..., hidden:]
+    n = _tanh(torch.addcmul(x[..., 2 * hidden :], r, torch.baddbmm(bias_hn, h, w_n)))
+    stepped = torch.lerp(n, h, z)
+    return stepped if valid is None else torch.where(valid, stepped, h)
+
+
+def pool_states(states: Tensor, valid: Tensor | None, count: Tensor) -> tuple[Tensor, Tensor]:
+    """Max and mean over the real steps of ``states`` ``(T, L, R, H)``, each ``(L, R, H)``: ``valid``
+    ``(T, L, R, 1)`` marks them (``None``: all), ``count`` ``(1, R, 1)`` counts them."""
+    if valid is None:
+        return states.amax(dim=0), states.sum(dim=0) / count
+    return states.masked_fill(~valid, float("-inf")).amax(dim=0), (states * valid).sum(dim=0) / count

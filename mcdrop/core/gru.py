@@ -168,12 +168,16 @@ class DropoutGRU(nn.Module):
         steps = torch.arange(states.shape[1], device=states.device)
         valid = (steps[None, :] < lengths.to(states.device)[:, None]).unsqueeze(-1)  # (N, T, 1)
         maximum = states.masked_fill(~valid, float("-inf")).amax(dim=1)  # amax: no argmax indices to compute
-        count = lengths.to(states.device, states.dtype).unsqueeze(-1)
-        mean = states.sum(dim=1) / count
+        mean = states.sum(dim=1) / lengths.to(states.device, states.dtype).unsqueeze(-1)
+        return self.bag_features(torch.cat([maximum, mean], dim=-1), x, lengths)
+
+    def bag_features(self, pooled: Tensor, x: Tensor, lengths: Tensor) -> Tensor:
+        """The pooled GRU features ``(..., F)`` of step inputs ``x`` ``(..., T, E)``, with ``bag_skip`` followed by
+        the mean of those inputs over each text's ``lengths`` (broadcast over a leading sample axis)."""
         if not self.bag_skip:
-            return torch.cat([maximum, mean], dim=-1)
+            return pooled
         # padding steps of x are zero embeddings (padding_idx 0, zero prior), so a plain sum is over the text
-        return torch.cat([maximum, mean, x.sum(dim=1) / count], dim=-1)
+        return torch.cat([pooled, x.sum(dim=-2) / lengths.to(x.device, x.dtype).unsqueeze(-1)], dim=-1)
 
     def _dropped_weights(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
         weights: dict[str, Tensor] = dict(self.gru.named_parameters())
@@ -212,15 +216,18 @@ class DropoutGRU(nn.Module):
 
     def stochastic_tail(self, state: tuple[Tensor, ...], sampler: MaskSampler | None = None) -> Tensor:
         """Logits ``(B, C)``, or ``(S, B, C)`` with a sampler."""
-        h, lengths = state[0], state[-1]
+        h = state[0]
         if self.gate_dropout_p > 0:
             h = self._gate_samples(state, sampler)
         elif self.stochastic_recurrence:
-            prior = state[1] if len(state) == 3 else None
-            h = self._stochastic_recurrence(h, prior, lengths, sampler)
+            h = self._stochastic_recurrence(state, sampler)
         else:
             h = expand_samples(h, sampler)
-        logits: Tensor = self.classifier(self.output_dropout(h, sampler))
+        return self.classify(h, sampler)
+
+    def classify(self, features: Tensor, sampler: MaskSampler | None) -> Tensor:
+        """Logits of pooled features ``(S, B, F)`` or ``(B, F)``: output dropout, then the classifier."""
+        logits: Tensor = self.classifier(self.output_dropout(features, sampler))
         return logits
 
     def _token_dropout(self, x: Tensor, sampler: MaskSampler | None) -> Tensor:
@@ -250,12 +257,15 @@ class DropoutGRU(nn.Module):
             pooled = torch.cat([pooled, expand_samples(state[1], sampler)], dim=-1)
         return pooled
 
-    def _stochastic_recurrence(
-        self, embedded: Tensor, prior: Tensor | None, lengths: Tensor, sampler: MaskSampler | None
-    ) -> Tensor:
-        x = expand_samples(embedded, sampler)  # (S, B, T, E) or (B, T, E)
+    def sample_inputs(self, state: tuple[Tensor, ...], sampler: MaskSampler | None) -> Tensor:
+        """The GRU's step inputs for the prefix ``state`` of a stochastic recurrence: ``(S, B, T, E + P)`` through
+        this pass's word and input dropout masks, or ``(B, T, E + P)`` without a sampler."""
+        x = expand_samples(state[0], sampler)  # (S, B, T, E) or (B, T, E)
         x = self._token_dropout(self.input_dropout(self.word_dropout(x, sampler), sampler), sampler)
-        x = self._with_prior(x, prior)
+        return self._with_prior(x, state[1] if len(state) == 3 else None)
+
+    def _stochastic_recurrence(self, state: tuple[Tensor, ...], sampler: MaskSampler | None) -> Tensor:
+        x, lengths = self.sample_inputs(state, sampler), state[-1]
         if sampler is None:
             weights = None
             if self.training and self.weight_dropout_p > 0:

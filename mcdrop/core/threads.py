@@ -12,13 +12,15 @@ with no wait between ops (torch releases the GIL inside each op).
 
 A call that is a single chunk (one text, say) leaves the caller's other threads idle; ``spare_threads()`` tells
 code running inside it how many it may use, and ``side_by_side`` runs independent passes on them (an ensemble's
-members, each over its own samples).
+members, each over its own samples), or ``intra_op_threads`` gives them to one op big enough that splitting it pays
+for the wait at its end (a matmul of a millisecond or more, never a pass's many small ops).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -61,6 +63,20 @@ _side = WorkerPool("mcdrop-side")
 def spare_threads() -> int:
     """How many threads the code running now may use side by side (1: only its own)."""
     return int(getattr(_local, "spare", 1))
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """The ops inside run on ``threads`` intra-op threads (this thread's setting), then the old count is back."""
+    before = torch.get_num_threads()
+    if threads <= 1 or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def side_by_side(fns: Sequence[Callable[[], T]], threads: int) -> list[T]:
