@@ -138,6 +138,7 @@ def main() -> None:
         "--only", choices=["422", "idle", "headers", "storm"], action="append", help="run only these parts"
     )
     parser.add_argument("--server-pythonpath", help="run the server from this source tree (PYTHONPATH)")
+    parser.add_argument("--env", action="append", default=[], help="extra MCDROP_X=Y for the server")
     args = parser.parse_args()
     models = REPO / "models"
     workdir = Path(tempfile.mkdtemp(prefix="abuse-"))
@@ -160,6 +161,7 @@ def main() -> None:
         # the same scale-down for a server without the in-flight limit: its 503s come from the queue limit
         "MCDROP_QUEUE_LIMIT": str(max(64, args.clients * 4)),
     }
+    env.update(item.split("=", 1) for item in args.env)
     if args.server_pythonpath:
         env["PYTHONPATH"] = args.server_pythonpath
     server = start_server(models, workdir / "serve.log", env, cwd=REPO)

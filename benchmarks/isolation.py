@@ -153,6 +153,7 @@ def main() -> None:
     parser.add_argument(
         "--torch-threads", type=int, default=None, help="MCDROP_TORCH_THREADS for the server (default: its own)"
     )
+    parser.add_argument("--env", action="append", default=[], help="extra MCDROP_X=Y for the server")
     args = parser.parse_args()
     limit = args.max_request_cost or DEFAULT_MAX_REQUEST_COST
     maximal = {"texts": [WORD * (MAX_CHARS // len(WORD))] * MAX_TEXTS, "model": "rt-gru", "n_samples": MAX_N_SAMPLES}
@@ -162,6 +163,7 @@ def main() -> None:
         env["MCDROP_MAX_REQUEST_COST"] = str(args.max_request_cost)
     if args.torch_threads is not None:
         env["MCDROP_TORCH_THREADS"] = str(args.torch_threads)
+    env.update(item.split("=", 1) for item in args.env)
     with tempfile.TemporaryDirectory() as workdir:
         server = start_server(args.model_dir, Path(workdir) / "serve.log", env, timeout_s=180)
         try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from mcdrop.core.contract import MCModel
 from mcdrop.core.errors import DeadlineExceeded
@@ -34,6 +35,15 @@ from mcdrop.core.text import TextEncoder
 Deadline = float | Callable[[], float] | None
 
 
+class CostTerms(NamedTuple):
+    """A request's cost, how it adds up (``1000 samples x 16384 tokens read``), and whether every text was counted
+    (counting may stop once over a limit: ``units`` is then a lower bound)."""
+
+    units: int
+    terms: str
+    complete: bool = True
+
+
 def text_steps(model: MCModel, encoder: TextEncoder, texts: Sequence[str]) -> int:
     """Stochastic-tail steps of one sample of ``texts`` (see the module docstring)."""
     if model.stochastic_recurrence:
@@ -41,15 +51,33 @@ def text_steps(model: MCModel, encoder: TextEncoder, texts: Sequence[str]) -> in
     return len(texts)
 
 
+def bounded_steps(model: MCModel, encoder: TextEncoder, texts: Sequence[str], cap: int) -> tuple[int, int]:
+    """``text_steps``, counted text by text only until the sum exceeds ``cap``: (steps so far, texts counted).
+
+    A request over the cost limit is known to be over it after its first few long texts; counting the rest would
+    spend the event loop's time on a request that is refused anyway (64 texts of 10,000 characters: 3.6 ms).
+    """
+    if not model.stochastic_recurrence:
+        return len(texts), len(texts)
+    steps = 0
+    for counted, text in enumerate(texts, 1):
+        steps += max(1, encoder.count_text_tokens(text))
+        if steps > cap:
+            return steps, counted
+    return steps, len(texts)
+
+
 def request_cost(model: MCModel, encoder: TextEncoder, texts: Sequence[str], n_samples: int) -> int:
     """What ``n_samples`` samples of ``texts`` cost, in cost units."""
     return n_samples * text_steps(model, encoder, texts)
 
 
-def explain_cost(model: MCModel, n_texts: int, steps: int, n_samples: int) -> str:
-    """How a cost adds up, for a refusal: ``1000 samples x 16384 tokens read`` or ``1000 samples x 64 texts``."""
+def explain_cost(model: MCModel, n_texts: int, steps: int, n_samples: int, counted: int | None = None) -> str:
+    """How a cost adds up, for a refusal: ``1000 samples x 16384 tokens read`` or ``1000 samples x 64 texts``;
+    with ``counted`` texts of ``n_texts`` counted, ``1000 samples x 1024 tokens read in the first 4 of 64 texts``."""
     if model.stochastic_recurrence:
-        return f"{n_samples} samples x {steps} tokens read"
+        where = f" in the first {counted} of {n_texts} texts" if counted is not None and counted < n_texts else ""
+        return f"{n_samples} samples x {steps} tokens read{where}"
     return f"{n_samples} samples x {n_texts} texts"
 
 

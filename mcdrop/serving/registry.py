@@ -286,11 +286,11 @@ class Service:
     def admissible_cost(self, served: ServedModel, texts: Sequence[str], n_samples: int) -> int:
         """A request's cost in engine units; :class:`InputError` (422) over ``MCDROP_MAX_REQUEST_COST``."""
         limit = self.settings.max_request_cost
-        cost, terms = served.engine.costed(texts, n_samples)
+        cost, terms, complete = served.engine.costed(texts, n_samples, limit)  # counting stops once over it
         if cost > limit:
             raise InputError(
-                f"request: costs {cost} units ({terms} by {served.engine.name}), more than MCDROP_MAX_REQUEST_COST "
-                f"({limit}); send fewer or shorter texts, or fewer samples"
+                f"request: costs {'' if complete else 'at least '}{cost} units ({terms} by {served.engine.name}), "
+                f"more than MCDROP_MAX_REQUEST_COST ({limit}); send fewer or shorter texts, or fewer samples"
             )
         return cost
 

@@ -31,6 +31,24 @@ def test_count_tokens_is_the_truncated_token_count(make_checkpoint: MakeCheckpoi
     assert encoder.count_tokens(texts) == encoder.encode(texts).n_tokens
 
 
+def test_counting_against_a_limit_stops_once_over_it(make_checkpoint: MakeCheckpoint) -> None:
+    gru, mlp = engine_at(make_checkpoint("gru")), engine_at(make_checkpoint("mlp", name="tiny-mlp"))
+    texts = ["word " * 10_000] * 64  # 32 tokens each after truncation
+    assert gru.costed(texts, 1000) == (64 * 32 * 1000, "1000 samples x 2048 tokens read", True)
+    # over 1,000,000 units after 32 texts (1,024 tokens at 1,000 samples): the other 32 are never scanned
+    assert gru.costed(texts, 1000, limit=1_000_000) == (
+        1_024_000,
+        "1000 samples x 1024 tokens read in the first 32 of 64 texts",
+        False,
+    )
+    assert gru.costed(texts, 1000, limit=2_048_000) == gru.costed(texts, 1000)  # at the limit: all counted
+    mixed = ["", "one two three", LONG_TEXT] * 5
+    for limit in (0, 1, 100, 500, 10**6):  # under or at the limit, the count is complete and exact
+        units, _, complete = gru.costed(mixed, 7, limit=limit)
+        assert (units <= limit) == complete and (not complete or units == gru.cost(mixed, 7))
+    assert mlp.costed(texts, 1000, limit=10) == (64_000, "1000 samples x 64 texts", True)  # no tokens to count
+
+
 def test_cost_is_rows_times_tokens_with_a_stochastic_recurrence(make_checkpoint: MakeCheckpoint) -> None:
     engine = engine_at(make_checkpoint("gru"))
     assert engine.model.stochastic_recurrence
