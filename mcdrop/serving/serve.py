@@ -160,23 +160,10 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     )
 
 
-def tune_interpreter(settings: Settings) -> None:
-    """Process-wide interpreter settings for serving.
-
-    An inference thread takes the GIL back after every torch op; behind an event loop that is busy with other
-    requests (a large body being parsed, a storm of refusals), each of those waits up to Python's switch interval,
-    5 ms by default. Measured with two clients sending the largest bodies the limits allow to rt-gru
-    (``benchmarks/isolation.py``), small rt-mlp requests beside them had a p99 of 464-509 ms with 5 ms and 136-156 ms
-    with 1 ms, with no loss of throughput at 1 or 32 clients (``benchmarks/bench_server.py``).
-    """
-    sys.setswitchinterval(settings.gil_switch_ms / 1000)
-
-
 def run(args: argparse.Namespace) -> int:
     """``mcdrop serve``: validate the settings, then serve until SIGINT/SIGTERM (single process)."""
     settings = build_settings(args)
     configure_logging(settings.log_level)
-    tune_interpreter(settings)
     app = create_app(settings)
     service: Service = app.state.service
     service.discover()  # fail with one clear line before binding a port

@@ -181,13 +181,6 @@ class Settings(BaseSettings):
         description="Torch threads of each model's inference thread; 0: the CPU cores less one for the event loop, "
         "shared out among the models (at least one each).",
     )
-    gil_switch_ms: float = Field(
-        default=1.0,
-        ge=0.1,
-        le=100.0,
-        description="Longest the event loop keeps the GIL while an inference thread waits for it (Python's switch "
-        "interval; its own default is 5 ms).",
-    )
     warmup_passes: int = Field(
         default=1,
         ge=0,

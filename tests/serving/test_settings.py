@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from mcdrop.core.errors import ConfigError
-from mcdrop.serving.serve import add_arguments, build_settings, tune_interpreter
+from mcdrop.serving.serve import add_arguments, build_settings
 from mcdrop.serving.settings import Settings, describe_errors, env_name
 
 KEY_A = "k" * 16
@@ -152,16 +151,3 @@ def test_every_setting_is_documented_in_the_readme_and_the_api_reference() -> No
         text = (root / document).read_text(encoding="utf-8")
         missing = [env_name(field) for field in Settings.model_fields if f"| `{env_name(field)}` |" not in text]
         assert not missing, f"{document} has no settings row for {', '.join(missing)}"
-
-
-def test_serving_shortens_the_gil_switch_interval() -> None:
-    before = sys.getswitchinterval()
-    try:
-        tune_interpreter(Settings())
-        assert sys.getswitchinterval() == pytest.approx(0.001)
-        tune_interpreter(Settings(gil_switch_ms=2.5))
-        assert sys.getswitchinterval() == pytest.approx(0.0025)
-    finally:
-        sys.setswitchinterval(before)
-    with pytest.raises(ValidationError, match="gil_switch_ms"):
-        Settings(gil_switch_ms=0)
