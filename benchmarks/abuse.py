@@ -11,7 +11,9 @@ Starts ``mcdrop serve`` on 127.0.0.1 (``models/`` if it has checkpoints, else a 
   header streams as fast as it can, against /healthz when quiet;
 * idle: how many of ``--idle`` fresh, idle or half-sent connections the server closed within the header timeout;
 * storm: goodput and p99 of ``--clients`` closed-loop clients (the capacity run), then with ``--storm`` more that
-  retry every 503 at once, ignoring Retry-After; as ratios;
+  retry every 503 at once, ignoring Retry-After; as ratios. The server's in-flight limit is ``--in-flight``, by
+  default half again ``--clients``: a limit at exactly the concurrency that reaches capacity loses goodput to
+  every moment a freed slot waits for the next request;
 * 422: size and time of the answer to a 1 MB body ``{"texts": [1, 1, ...]}``.
 
 Every loop is bounded in time and count; the clients share the machine with the server.
@@ -101,7 +103,10 @@ def storm(server: ServerProcess, args: argparse.Namespace) -> None:
     capacity, goodput = (statistics.median(r.goodput for r in runs) for runs in (calm, stormy))
     p99, storm_p99 = (statistics.median(r.p99_ms() for r in runs) for runs in (calm, stormy))
     refused = statistics.median(r.statuses[503] / r.seconds for r in stormy)
-    print(f"storm: {args.clients} clients, then {args.storm} more retrying every 503 at once ({args.rounds} rounds)")
+    print(
+        f"storm: {args.clients} clients (in-flight limit {args.in_flight}), then {args.storm} more retrying every 503 "
+        f"at once ({args.rounds} rounds)"
+    )
     print(f"  capacity {capacity:.0f} req/s, p99 {p99:.1f} ms; storm {goodput:.0f} req/s, p99 {storm_p99:.1f} ms")
     print(f"  goodput ratio {goodput / capacity:.2f}, p99 ratio {storm_p99 / p99:.2f}, {refused:.0f} refusals/s")
 
@@ -131,6 +136,12 @@ def main() -> None:
     parser.add_argument("--header-timeout", type=float, default=2.0, help="the server's header and body timeouts")
     parser.add_argument("--clients", type=int, default=16, help="closed-loop clients of the capacity run")
     parser.add_argument("--storm", type=int, default=300, help="clients added for the storm")
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=None,
+        help="the server's MCDROP_MAX_IN_FLIGHT (default: 1.5 x --clients, the sizing docs/api.md recommends)",
+    )
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--busy-delay", type=float, default=1.0, help="the server's MCDROP_BUSY_DELAY_S")
@@ -140,6 +151,7 @@ def main() -> None:
     parser.add_argument("--server-pythonpath", help="run the server from this source tree (PYTHONPATH)")
     parser.add_argument("--env", action="append", default=[], help="extra MCDROP_X=Y for the server")
     args = parser.parse_args()
+    args.in_flight = args.in_flight or (3 * args.clients + 1) // 2
     models = REPO / "models"
     workdir = Path(tempfile.mkdtemp(prefix="abuse-"))
     if not any(models.glob("*/config.json")):
@@ -156,7 +168,7 @@ def main() -> None:
         "MCDROP_DEFAULT_MODEL": "rt-mlp" if (models / "rt-mlp").exists() else "tiny-mlp",
         "MCDROP_HEADER_TIMEOUT_S": str(args.header_timeout),
         "MCDROP_BODY_TIMEOUT_S": str(args.header_timeout),
-        "MCDROP_MAX_IN_FLIGHT": str(args.clients),
+        "MCDROP_MAX_IN_FLIGHT": str(args.in_flight),
         "MCDROP_BUSY_DELAY_S": str(args.busy_delay),
         # the same scale-down for a server without the in-flight limit: its 503s come from the queue limit
         "MCDROP_QUEUE_LIMIT": str(max(64, args.clients * 4)),
