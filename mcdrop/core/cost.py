@@ -81,6 +81,19 @@ def explain_cost(model: MCModel, n_texts: int, steps: int, n_samples: int, count
     return f"{n_samples} samples x {n_texts} texts"
 
 
+def cost_terms(
+    model: MCModel, encoder: TextEncoder, texts: Sequence[str], n_samples: int, limit: int | None = None
+) -> CostTerms:
+    """The cost of ``n_samples`` samples of ``texts`` and how it adds up (for a refusal). With ``limit``, counting
+    stops once the cost is over it: the units are then more than ``limit``, and not all counted."""
+    if limit is None:
+        steps, counted = text_steps(model, encoder, texts), len(texts)
+    else:
+        steps, counted = bounded_steps(model, encoder, texts, limit // max(1, n_samples))
+    terms = explain_cost(model, len(texts), steps, n_samples, counted)
+    return CostTerms(n_samples * steps, terms, complete=counted == len(texts))
+
+
 def check_deadline(deadline: Deadline, model_name: str, done: int, total: int) -> None:
     """Raise :class:`DeadlineExceeded` when ``deadline`` has passed; ``done`` of ``total`` texts are finished."""
     if deadline is None:

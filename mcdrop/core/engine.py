@@ -38,15 +38,7 @@ from torch import Tensor
 
 from mcdrop.core.adaptive import Tail, run_rounds, select_rows
 from mcdrop.core.checkpoint import Checkpoint, load_checkpoint
-from mcdrop.core.cost import (
-    CostTerms,
-    Deadline,
-    bounded_steps,
-    check_deadline,
-    explain_cost,
-    request_cost,
-    text_steps,
-)
+from mcdrop.core.cost import CostTerms, Deadline, check_deadline, cost_terms, request_cost
 from mcdrop.core.decisions import DecisionPolicy
 from mcdrop.core.dropout import MaskSampler
 from mcdrop.core.errors import ConfigError, McdropError, OutOfMemory
@@ -235,14 +227,8 @@ class MCEngine:
         return request_cost(self.model, self.encoder, texts, n_samples)
 
     def costed(self, texts: Sequence[str], n_samples: int, limit: int | None = None) -> CostTerms:
-        """The cost of ``n_samples`` samples of ``texts`` and how it adds up (for a refusal). With ``limit``,
-        counting stops once the cost is over it: the units are then more than ``limit``, and not all counted."""
-        if limit is None:
-            steps, counted = text_steps(self.model, self.encoder, texts), len(texts)
-        else:
-            steps, counted = bounded_steps(self.model, self.encoder, texts, limit // max(1, n_samples))
-        terms = explain_cost(self.model, len(texts), steps, n_samples, counted)
-        return CostTerms(n_samples * steps, terms, complete=counted == len(texts))
+        """The cost of ``n_samples`` samples of ``texts`` and how it adds up, counted only until over ``limit``."""
+        return cost_terms(self.model, self.encoder, texts, n_samples, limit)
 
     def _decides(self, job: _Job, index: list[int]) -> bool:
         """Whether some input of the chunk asks for a decision: then its action must settle too."""
