@@ -35,7 +35,7 @@ from mcdrop.serving.telemetry import Metrics
 PREDICT_PATH = "/v1/predict"
 V2_INFER_TEMPLATE = "/v2/models/{name}/infer"
 _ids = random.Random()  # request ids and jitter: unique and spread, not secret
-TICK_S = 0.02  # held refusals are released together, on ticks this far apart
+TICK_S = 0.005  # held refusals are released together, on ticks this far apart
 logger = logging.getLogger(__name__)
 
 
