@@ -25,7 +25,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +34,6 @@ from typing import Literal
 import torch
 
 from mcdrop.core.checkpoint import discover_checkpoints
-from mcdrop.core.decisions import DecisionPolicy
 from mcdrop.core.engine import MCEngine
 from mcdrop.core.errors import CheckpointError, InputError, McdropError, ModelNotFound, ModelUnavailable
 from mcdrop.serving.batcher import Batcher
@@ -260,47 +259,6 @@ class Service:
         logger.error("cannot serve: %s", detail)
         if self.on_fatal is not None:
             self.on_fatal()
-
-    def decision_policy(
-        self, served: ServedModel, max_risk: float | None, coverage: float | None, max_novelty: float | None
-    ) -> DecisionPolicy:
-        """What a request wants decided, with the server's defaults filled in; :class:`InputError` when it asks an
-        uncalibrated model for a decision, a conformal set or a novelty limit."""
-        calibration = served.engine.calibration
-        if calibration is None:
-            fields = (("max_risk", max_risk), ("coverage", coverage), ("max_novelty", max_novelty))
-            asked = [name for name, value in fields if value is not None]
-            if asked:
-                raise InputError(
-                    f"{asked[0]}: model {served.engine.name} has no calibration, so it cannot decide; calibrate it "
-                    "with `mcdrop calibrate CHECKPOINT --data FILE --out DIR` (a labelled sample of your traffic, "
-                    "at least 200 texts)"
-                )
-            return DecisionPolicy()
-        return DecisionPolicy(
-            max_risk=self.settings.max_risk if max_risk is None else max_risk,
-            coverage=self.settings.coverage if coverage is None else coverage,
-            max_novelty=calibration.max_novelty if max_novelty is None else max_novelty,
-        )
-
-    def admissible_cost(self, served: ServedModel, texts: Sequence[str], n_samples: int) -> int:
-        """A request's cost in engine units; :class:`InputError` (422) over ``MCDROP_MAX_REQUEST_COST``."""
-        limit = self.settings.max_request_cost
-        cost, terms, complete = served.engine.costed(texts, n_samples, limit)  # counting stops once over it
-        if cost > limit:
-            raise InputError(
-                f"request: costs {'' if complete else 'at least '}{cost} units ({terms} by {served.engine.name}), "
-                f"more than MCDROP_MAX_REQUEST_COST ({limit}); send fewer or shorter texts, or fewer samples"
-            )
-        return cost
-
-    def mc_tolerance(self, served: ServedModel, requested: float | None) -> float:
-        """A request's tolerance: its own, else the server's MCDROP_MC_TOLERANCE, else the checkpoint's."""
-        if requested is not None:
-            return float(requested)
-        if self.settings.mc_tolerance is not None:
-            return self.settings.mc_tolerance
-        return served.engine.default_mc_tolerance
 
     def resolve(self, name: str | None) -> ServedModel:
         """The model a request names (or the default); raises :class:`ModelNotFound` or :class:`InputError`."""

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import to_json
 from starlette.requests import ClientDisconnect
 
+from mcdrop.serving import request_terms
 from mcdrop.serving.context import TIMING_KEY, RequestTiming, request_id_var
 from mcdrop.serving.dependencies import (
     AnyService,
@@ -111,10 +112,12 @@ async def _predict(request: Request, service: Service, body: bytes) -> Response:
     parsed = parse_predict_request(body, service.limits)
     check_limits(parsed, service.limits)
     served = service.resolve(parsed.model)
-    policy = service.decision_policy(served, parsed.max_risk, parsed.coverage, parsed.max_novelty)
-    mc_tolerance = service.mc_tolerance(served, parsed.mc_tolerance)
+    policy = request_terms.decision_policy(
+        service.settings, served, parsed.max_risk, parsed.coverage, parsed.max_novelty
+    )
+    mc_tolerance = request_terms.mc_tolerance(service.settings, served, parsed.mc_tolerance)
     n_samples = parsed.n_samples or served.default_n_samples
-    cost = service.admissible_cost(served, parsed.texts, n_samples)
+    cost = request_terms.admissible_cost(service.settings, served, parsed.texts, n_samples)
     parsed_at = time.perf_counter()
     timing.parse_s = parsed_at - timing.start
     remaining_s = settings.request_timeout_s - (parsed_at - timing.start)

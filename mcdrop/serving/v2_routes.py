@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect
 from mcdrop import __version__
 from mcdrop.core.decisions import DecisionPolicy
 from mcdrop.core.errors import ModelNotFound
+from mcdrop.serving import request_terms
 from mcdrop.serving.context import TIMING_KEY, RequestTiming, request_id_var
 from mcdrop.serving.dependencies import AnyService, Authorized, ReadyService, not_ready, read_body, run_prediction
 from mcdrop.serving.registry import ServedModel, Service
@@ -174,9 +175,11 @@ class _Admitted:
 def _admit(request: Request, service: Service, served: ServedModel, body: bytes) -> _Admitted:
     """Parse and check the body against the limits, the model's outputs and its calibration (400 on any problem)."""
     parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), service.limits, _outputs(served))
-    policy = service.decision_policy(served, parsed.max_risk, parsed.coverage, parsed.max_novelty)
+    policy = request_terms.decision_policy(
+        service.settings, served, parsed.max_risk, parsed.coverage, parsed.max_novelty
+    )
     check_outputs(parsed.outputs, policy.max_risk is not None)
-    mc_tolerance = service.mc_tolerance(served, parsed.mc_tolerance)
+    mc_tolerance = request_terms.mc_tolerance(service.settings, served, parsed.mc_tolerance)
     return _Admitted(served, parsed, policy, parsed.n_samples or served.default_n_samples, mc_tolerance)
 
 
@@ -196,7 +199,7 @@ async def _infer(request: Request, service: Service, name: str, version: str | N
     timing.parse_s = parsed_at - timing.start
     remaining_s = settings.request_timeout_s - (parsed_at - timing.start)
     texts, n_samples = admitted.request.texts, admitted.n_samples
-    cost = service.admissible_cost(served, texts, n_samples)
+    cost = request_terms.admissible_cost(service.settings, served, texts, n_samples)
     ticket, result = await run_prediction(
         request, service, served, texts, n_samples, admitted.request.seed, remaining_s, admitted.policy, cost,
         admitted.mc_tolerance,
