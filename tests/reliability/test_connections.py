@@ -333,3 +333,39 @@ def test_connections_beyond_the_limit_get_a_json_503(start: StartServer) -> None
         finally:
             for sock in held:
                 sock.close()
+
+
+def test_predictions_past_the_in_flight_limit_get_a_held_503_that_plain_clients_read_on_a_kept_connection(
+    start: StartServer,
+) -> None:
+    with start(max_in_flight=1, busy_delay_s=0.2, header_timeout_s=5, body_timeout_s=5) as limited:
+        holder = connect(limited)  # a prediction whose body never completes holds the only slot
+        holder.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        holder.sendall(b'Content-Length: 100\r\n\r\n{"texts":')
+        time.sleep(0.3)
+        body = json.dumps({"texts": ["a fine film"], "n_samples": 2})
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port_of(limited), timeout=5)
+            for path in ("/v1/predict", "/v2/models/tiny-mlp/infer", "/v1/predict"):  # one keep-alive connection
+                started = time.perf_counter()
+                conn.request("POST", path, body=body, headers=JSON)
+                response = conn.getresponse()
+                answer = json.loads(response.read())
+                assert response.status == 503 and response.getheader("retry-after") == "1", answer
+                assert len(response.getheader("x-request-id") or "") == 32
+                assert response.getheader("connection") is None  # kept alive
+                assert time.perf_counter() - started >= 0.09  # held for the jittered delay (0.1-0.3 s)
+                key = "error" if path.startswith("/v2") else "detail"
+                assert answer == {key: "server busy: 1 predictions in progress (limit 1); retry later"}
+            with pytest.raises(urllib.error.HTTPError) as refused:  # a plain client reads it too
+                urllib.request.urlopen(urllib.request.Request(limited.url + "/v1/predict", body.encode(), JSON))
+            assert refused.value.code == 503
+            assert httpx.get(limited.url + "/healthz").status_code == 200  # other routes are not limited
+        finally:
+            holder.close()
+        time.sleep(0.3)
+        conn.request("POST", "/v1/predict", body=body, headers=JSON)  # the slot is free: the same connection
+        assert conn.getresponse().status == 200
+        metrics = httpx.get(limited.url + "/metrics").text
+        assert 'mcdrop_rejected_requests_total{model="",reason="busy"} 4.0' in metrics
+        conn.close()
