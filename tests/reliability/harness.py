@@ -1,7 +1,6 @@
-"""Helpers of the reliability tests: a fake engine held until released (or its deadline), and a real
-``mcdrop serve`` started with settings.
+"""Helpers of the reliability tests: a real ``mcdrop serve`` started with settings, and requests timed against it
+(the fake engine held until released is ``fake_engine.FakeEngine``).
 
-    engine = GatedEngine()                  # Batcher(engine, executor, policy); engine.gate.set() releases it
     with serve(model_dir, tmp_path, max_request_cost=500_000) as server:
         status, seconds = timed_post(server.url, {"texts": ["a"]})
 
@@ -11,21 +10,16 @@ Every server is stopped on exit (SIGTERM, then SIGKILL after 20 s); every reques
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from mcdrop.core.cost import Deadline
-from mcdrop.core.engine import Prediction
-from mcdrop.core.errors import DeadlineExceeded
 from mcdrop.serving.launch import ServerProcess, ServerStartError, start_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,39 +63,3 @@ def timed_post(
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _prediction(text: str) -> Prediction:
-    half = {"a": 0.5, "b": 0.5}
-    zero = {"a": 0.0, "b": 0.0}
-    return Prediction(text, half, zero, 0.69, 0.69, 0.0, 0.0, zero, 0.0, 1, 1, 1)
-
-
-class GatedEngine:
-    """Records the deadline of each call; ``gate`` holds a call until set, or until its deadline passes."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-        self.deadlines: list[float] = []  # what each call's deadline read when the call began
-        self.stopped = threading.Event()
-
-    @property
-    def name(self) -> str:
-        return "gated"
-
-    def predict_many(
-        self,
-        requests: Sequence[tuple[Sequence[str], int]],
-        n_samples: int,
-        policies: Sequence[object] | None = None,
-        mc_tolerances: Sequence[float] | None = None,
-        deadline: Deadline = None,
-    ) -> list[list[Prediction]]:
-        self.deadlines.append(deadline() if callable(deadline) else math.nan if deadline is None else deadline)
-        self.entered.set()
-        while not self.gate.wait(0.005):  # like the engine: look at the deadline between passes
-            if callable(deadline) and time.perf_counter() >= deadline():
-                self.stopped.set()
-                raise DeadlineExceeded("deadline exceeded: model gated stopped after 0 of 1 texts")
-        return [[_prediction(t) for t in texts] for texts, _ in requests]

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from conftest import MakeCheckpoint
-from harness import GatedEngine
+from fake_engine import FakeEngine
 from mcdrop.core.errors import Overloaded
 from mcdrop.serving.app import create_app
 from mcdrop.serving.batcher import Batcher
@@ -48,7 +48,7 @@ async def _until(condition: Any, what: str, timeout_s: float = 5.0) -> None:
 
 
 def test_queued_and_running_cost_is_limited(executor: ThreadPoolExecutor) -> None:
-    engine = GatedEngine()
+    engine = FakeEngine(threading.Event(), name="gated")
 
     async def main() -> None:
         batcher = Batcher(engine, executor, BatchPolicy(queue_limit_cost=100, max_wait_ms=0))
@@ -74,7 +74,7 @@ def test_queued_and_running_cost_is_limited(executor: ThreadPoolExecutor) -> Non
 
 
 def test_the_engine_deadline_is_the_latest_of_the_requests_still_waiting(executor: ThreadPoolExecutor) -> None:
-    engine = GatedEngine()
+    engine = FakeEngine(threading.Event(), name="gated")
 
     async def main() -> None:
         batcher = Batcher(engine, executor, BatchPolicy(max_wait_ms=0))
@@ -97,7 +97,7 @@ def test_the_engine_deadline_is_the_latest_of_the_requests_still_waiting(executo
 
 def test_work_nobody_waits_for_is_stopped(executor: ThreadPoolExecutor) -> None:
     """The client's deadline passes while its batch runs: the engine is told, stops, and the next request runs."""
-    engine = GatedEngine()
+    engine = FakeEngine(threading.Event(), name="gated")
 
     async def main() -> None:
         batcher = Batcher(engine, executor, BatchPolicy(max_wait_ms=0))

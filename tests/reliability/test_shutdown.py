@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +21,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from conftest import MakeCheckpoint, write_tiny_checkpoint
-from harness import LONG_TEXT, REPO, SLOW_GRU, GatedEngine, serve
+from fake_engine import FakeEngine
+from harness import LONG_TEXT, REPO, SLOW_GRU, serve
 from mcdrop.core.errors import ShuttingDown
 from mcdrop.serving.app import create_app
 from mcdrop.serving.batcher import Batcher
@@ -48,7 +50,7 @@ def test_readiness_turns_503_and_new_work_is_refused_once_shutting_down(make_che
 
 
 def test_work_still_running_or_queued_at_the_stop_time_is_answered_503() -> None:
-    engine = GatedEngine()  # never released: only the stop time ends its call
+    engine = FakeEngine(threading.Event(), name="gated")  # never released: only the stop time ends its call
 
     async def main() -> None:
         with ThreadPoolExecutor(max_workers=1) as executor:

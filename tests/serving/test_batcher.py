@@ -16,58 +16,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from conftest import MakeCheckpoint, assert_predictions_close
+from fake_engine import FakeEngine
 from mcdrop.core.engine import Prediction, load_engine
 from mcdrop.core.errors import Overloaded, ShuttingDown
 from mcdrop.serving.batcher import Batcher
 from mcdrop.serving.telemetry import Metrics
 from mcdrop.serving.tickets import BatchPolicy, Result
-
-
-def _prediction(text: str, seed: int, n_samples: int) -> Prediction:
-    value = float(len(text) + seed)
-    return Prediction(
-        label=text,
-        probs={"a": 0.5, "b": 0.5},
-        variance={"a": 0.0, "b": 0.0},
-        entropy=value,
-        expected_entropy=0.0,
-        mutual_information=0.1,
-        variation_ratio=0.0,
-        std_error={"a": 0.0, "b": 0.0},
-        oov_fraction=0.0,
-        n_tokens=1,
-        n_known_tokens=1,
-        n_samples_used=n_samples,
-    )
-
-
-class FakeEngine:
-    """Records each engine call; ``gate`` (when given) holds every call until it is set."""
-
-    def __init__(self, gate: threading.Event | None = None) -> None:
-        self.calls: list[tuple[list[tuple[list[str], int]], int]] = []
-        self.tolerances: list[list[float]] = []
-        self.gate = gate
-        self.entered = threading.Event()
-
-    @property
-    def name(self) -> str:
-        return "fake"
-
-    def predict_many(
-        self,
-        requests: Sequence[tuple[Sequence[str], int]],
-        n_samples: int,
-        policies: Sequence[object] | None = None,
-        mc_tolerances: Sequence[float] | None = None,
-        deadline: object = None,
-    ) -> list[list[Prediction]]:
-        self.calls.append(([(list(texts), seed) for texts, seed in requests], n_samples))
-        self.tolerances.append(list(mc_tolerances or []))
-        self.entered.set()
-        if self.gate is not None:
-            assert self.gate.wait(10)
-        return [[_prediction(text, seed, n_samples) for text in texts] for texts, seed in requests]
 
 
 async def submit_and_wait(
@@ -281,15 +235,8 @@ def test_unexpected_error_fails_only_its_batch(executor: ThreadPoolExecutor, cap
     class Forgetful(FakeEngine):
         """The first call answers one request too few: a bug the worker must survive."""
 
-        def predict_many(
-            self,
-            requests: Sequence[tuple[Sequence[str], int]],
-            n_samples: int,
-            policies: Sequence[object] | None = None,
-            mc_tolerances: Sequence[float] | None = None,
-            deadline: object = None,
-        ) -> list[list[Prediction]]:
-            results = super().predict_many(requests, n_samples)
+        def answer(self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int) -> list[list[Prediction]]:
+            results = super().answer(requests, n_samples)
             return results[:-1] if len(self.calls) == 1 else results
 
     async def main() -> None:
@@ -332,14 +279,7 @@ def test_close_finishes_queued_work_and_refuses_new(executor: ThreadPoolExecutor
 
 def test_engine_error_reaches_every_request_of_the_batch(executor: ThreadPoolExecutor) -> None:
     class Broken(FakeEngine):
-        def predict_many(
-            self,
-            requests: Sequence[tuple[Sequence[str], int]],
-            n_samples: int,
-            policies: Sequence[object] | None = None,
-            mc_tolerances: Sequence[float] | None = None,
-            deadline: object = None,
-        ) -> list[list[Prediction]]:
+        def answer(self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int) -> list[list[Prediction]]:
             raise MemoryError("out of memory")
 
     async def main() -> None:
@@ -402,15 +342,8 @@ def test_real_engine_answers_do_not_depend_on_batch_partners(
 
 def test_non_finite_predictions_are_refused(executor: ThreadPoolExecutor) -> None:
     class Broken(FakeEngine):
-        def predict_many(
-            self,
-            requests: Sequence[tuple[Sequence[str], int]],
-            n_samples: int,
-            policies: Sequence[object] | None = None,
-            mc_tolerances: Sequence[float] | None = None,
-            deadline: object = None,
-        ) -> list[list[Prediction]]:
-            [[prediction]] = super().predict_many(requests, n_samples)
+        def answer(self, requests: Sequence[tuple[Sequence[str], int]], n_samples: int) -> list[list[Prediction]]:
+            [[prediction]] = super().answer(requests, n_samples)
             return [[dataclasses.replace(prediction, entropy=math.nan)]]
 
     async def main() -> None:
