@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.bench_server import Load, Run, drive
+from benchmarks.bench_server import Load, Run, add_load_arguments, drive
 from mcdrop.serving.launch import ServerProcess, free_port, start_server
 from mcdrop.training.data import load_rotten_tomatoes
 
@@ -147,12 +147,7 @@ def report(name: str, stacks: list[str], runs: dict[tuple[str, int], list[Run]],
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=REPO / "models")
-    parser.add_argument("--models", default="rt-mlp,rt-gru")
-    parser.add_argument("--clients", default="1,8,32")
-    parser.add_argument("--n-samples", type=int, default=100)
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured time per point")
-    parser.add_argument("--warmup-seconds", type=float, default=1.0)
+    add_load_arguments(parser)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--stacks", default="mcdrop,litserve,litserve-baal")
     parser.add_argument("--base", help="also run mcdrop-base: mcdrop serve at this git revision")

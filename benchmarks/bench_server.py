@@ -334,14 +334,19 @@ def prepare_models(source_dir: Path, names: list[str], workdir: Path) -> Path:
     return model_dir
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The load every server benchmark takes: which models, how many clients, samples and seconds."""
     parser.add_argument("--model-dir", type=Path, default=REPO / "models")
     parser.add_argument("--models", default="rt-mlp,rt-gru")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--n-samples", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured time per point")
     parser.add_argument("--warmup-seconds", type=float, default=1.0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_load_arguments(parser)
     parser.add_argument(
         "--client", choices=["raw", "httpx"], default="raw", help="raw: a minimal HTTP/1.1 client (default)"
     )
