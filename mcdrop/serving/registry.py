@@ -57,26 +57,12 @@ class ServedModel:
     default_n_samples: int  # the checkpoint's default, capped at max_n_samples
 
 
-# Young-generation threshold of the cyclic garbage collector while serving (CPython's default: 700).
-YOUNG_GC_THRESHOLD = 10_000
-
-
 def _freeze_heap() -> None:
     """Exempt what start-up made (torch, the models, the app: ~200,000 objects that live as long as the process)
-    from the cyclic garbage collector, and let the objects of requests and connections die young.
-
-    A full collection of the start-up heap took ~110 ms, stopped every request in flight and was the 32-client
-    p99; frozen, a full collection scans only what requests and connections leave behind. With the default young
-    threshold (700 allocations) the objects of a request that lives a second (a held 503, a slow body) survive two
-    collections and are promoted to the old generation, whose growth then triggers full collections: under a
-    storm of 1,500 retrying clients, every 0.4 s, each 10-50 ms (all of the connections' objects), stopping the
-    answers in flight. At 10,000 such objects die in the young generation (a young collection then takes ~1 ms),
-    and a full collection is rare again.
-    """
+    from the cyclic garbage collector. A full collection of that heap took ~110 ms, stopped every request in
+    flight and was the 32-client p99; afterwards a full collection scans only what requests leave behind."""
     gc.collect()
     gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_GC_THRESHOLD, middle, old)
 
 
 class Service:
