@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from conftest import MakeCheckpoint, assert_predictions_close
 from mcdrop.core.engine import MCEngine
 from mcdrop.serving.app import create_app
-from mcdrop.serving.registry import Service
+from mcdrop.serving.registry import FULL_GC_EVERY, Service
 from mcdrop.serving.responses import PredictResponse
 from mcdrop.serving.settings import Settings
 
@@ -118,6 +118,7 @@ def test_mc_tolerance_from_the_request_the_server_or_the_checkpoint(model_dir: P
 
 def test_the_start_up_heap_is_frozen_out_of_the_cyclic_gc(client: TestClient) -> None:
     assert gc.get_freeze_count() > 10_000  # torch, the models and the app: a full collection skips them
+    assert gc.get_threshold()[2] == FULL_GC_EVERY  # and full collections are rarer
 
 
 def test_one_sample_has_zero_mutual_information(client: TestClient) -> None:
