@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from mcdrop.core.dropout import MaskSampler
+from mcdrop.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -101,3 +102,13 @@ def expand_samples(x: Tensor, sampler: MaskSampler | None) -> Tensor:
     if sampler is None:
         return x
     return x.unsqueeze(0).expand(sampler.samples_in_pass, *x.shape)
+
+
+def register_token_prior(model: nn.Module, vocab_size: int, prior_dim: int) -> int:
+    """Give ``model`` a fixed ``token_prior`` buffer ``(vocab_size, prior_dim)`` (stored with the weights, never
+    trained; filled by training, e.g. from a valence lexicon) when ``prior_dim`` > 0; returns ``prior_dim``."""
+    if prior_dim < 0:
+        raise ConfigError(f"prior_dim must be at least 0 (got {prior_dim})")
+    if prior_dim:
+        model.register_buffer("token_prior", torch.zeros(vocab_size, prior_dim))
+    return prior_dim

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mcdrop.core.contract import ModelInput, expand_samples
+from mcdrop.core.contract import ModelInput, expand_samples, register_token_prior
 from mcdrop.core.dropout import (
     MaskSampler,
     MCDropout,
@@ -89,12 +89,8 @@ class DropoutGRU(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.word_dropout = WordDropout(check_probability("word_dropout_p", word_dropout_p), max_tokens)
         self.input_dropout = MCDropout(check_probability("input_dropout_p", input_dropout_p), shared_axes=(0,))
-        if prior_dim < 0:
-            raise ConfigError(f"prior_dim must be at least 0 (got {prior_dim})")
-        self.prior_dim = prior_dim
+        self.prior_dim = register_token_prior(self, vocab_size, prior_dim)
         self.token_dropout_p = check_probability("token_dropout_p", token_dropout_p)
-        if prior_dim:
-            self.register_buffer("token_prior", torch.zeros(vocab_size, prior_dim))
         self.gru = nn.GRU(embed_dim + prior_dim, hidden_dim, num_layers, batch_first=True, bidirectional=bidirectional)
         self.weight_dropout_p = check_probability("weight_dropout_p", weight_dropout_p)
         self.output_dropout = MCDropout(check_probability("output_dropout_p", output_dropout_p))

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mcdrop.core.contract import ModelInput, expand_samples
+from mcdrop.core.contract import ModelInput, expand_samples, register_token_prior
 from mcdrop.core.dropout import MaskSampler, MCDropout, check_probability, has_active_dropout
 from mcdrop.core.errors import ConfigError
 
@@ -50,12 +50,8 @@ class DropoutMLP(nn.Module):
             )
         self.bag = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean", padding_idx=0)
         self.bag_bias = nn.Parameter(torch.zeros(embed_dim))
-        if prior_dim < 0:
-            raise ConfigError(f"prior_dim must be at least 0 (got {prior_dim})")
-        self.prior_dim = prior_dim
+        self.prior_dim = register_token_prior(self, vocab_size, prior_dim)
         self.token_dropout_p = check_probability("token_dropout_p", token_dropout_p)
-        if prior_dim:
-            self.register_buffer("token_prior", torch.zeros(vocab_size, prior_dim))
         dims = [embed_dim + prior_dim, *hidden_dims]
         self.dropouts = nn.ModuleList(MCDropout(check_probability("dropout_p", p)) for p in dropout_p)
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
