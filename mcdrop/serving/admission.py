@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcdrop.serving.busy import PREDICT_PATH, BusyGate, is_prediction
 from mcdrop.serving.errors import RETRY_AFTER_OVERLOADED_S
+from mcdrop.serving.raw_answers import new_request_id
 
 
 class AdmissionMiddleware:
@@ -55,7 +56,7 @@ class AdmissionMiddleware:
             await asyncio.sleep(delay)
         v2 = scope["path"] != PREDICT_PATH
         key = "error" if v2 else "detail"
-        headers = [*self._headers[key], (b"x-request-id", self.gate.request_id().encode())]
+        headers = [*self._headers[key], (b"x-request-id", new_request_id().encode())]
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": self.gate.bodies[key]})
         self.gate.refused(v2, start)

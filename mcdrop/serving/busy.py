@@ -11,7 +11,7 @@ request arrived, so that a client retrying at once, ignoring ``Retry-After``, re
 A storm of such clients is paid for on the event loop, under the GIL the inference threads need, so the price of
 one refusal decides how much of the machine the storm takes. ``BusyGate`` keeps it to what cannot be avoided: under
 ``mcdrop serve`` the HTTP protocol (:mod:`.protocol`) asks it before it would start the app, and the refusal is a
-loop timer and one write of prebuilt bytes, with no ASGI task, no middleware and no response objects. The app's
+loop timer and one write around a prebuilt body, with no ASGI task, no middleware and no response objects. The app's
 ``AdmissionMiddleware`` (:mod:`.admission`) counts the admitted predictions and refuses, with the same answer,
 what the protocol let through in the same loop turn, and everything under other servers or in-process clients.
 """
@@ -27,14 +27,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE
-
-from mcdrop.serving.errors import RETRY_AFTER_OVERLOADED_S
+from mcdrop.serving.raw_answers import json_answer
 from mcdrop.serving.telemetry import Metrics
 
 PREDICT_PATH = "/v1/predict"
 V2_INFER_TEMPLATE = "/v2/models/{name}/infer"
-_ids = random.Random()  # request ids and jitter: unique and spread, not secret
+_jitter = random.Random()
 TICK_S = 0.005  # held refusals are released together, on ticks this far apart
 logger = logging.getLogger(__name__)
 
@@ -64,16 +62,7 @@ class BusyGate:
         limit = in_flight.limit
         message = f"server busy: {limit} predictions in progress (limit {limit}); retry later"
         self.bodies = {key: json.dumps({key: message}).encode() for key in ("detail", "error")}
-        self._heads = {v2: self._head(self.bodies["error" if v2 else "detail"]) for v2 in (False, True)}
         self._held: dict[tuple[int, int], list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
-
-    @staticmethod
-    def _head(body: bytes) -> bytes:
-        """The answer's headers after the status line and the server's default headers, up to the request id."""
-        return b"content-type: application/json\r\ncontent-length: %d\r\nretry-after: %d\r\nx-request-id: " % (
-            len(body),
-            RETRY_AFTER_OVERLOADED_S,
-        )
 
     def full(self) -> bool:
         in_flight = self.in_flight
@@ -81,7 +70,7 @@ class BusyGate:
 
     def delay(self) -> float:
         """How long this refusal waits: jittered, since refusals sent together would come back together."""
-        return self.delay_s * (0.5 + _ids.random()) if self.delay_s else 0.0
+        return self.delay_s * (0.5 + _jitter.random()) if self.delay_s else 0.0
 
     def hold(self, loop: asyncio.AbstractEventLoop, send: Callable[..., None], *args: Any) -> None:
         """Call ``send(*args)`` after ``delay()``, rounded up to a tick, with every refusal due on that tick.
@@ -108,18 +97,10 @@ class BusyGate:
             except Exception:  # one broken connection must not hold back the others' answers
                 logger.exception("a held refusal could not be sent")
 
-    @staticmethod
-    def request_id() -> str:
-        return f"{_ids.getrandbits(128):032x}"
-
     def response_bytes(self, v2: bool, default_headers: list[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
         """The complete HTTP/1.1 answer, for a protocol that writes it itself."""
-        parts = [STATUS_LINE[503]]
-        parts += [name + b": " + value + b"\r\n" for name, value in default_headers]
-        parts += [self._heads[v2], self.request_id().encode()]
-        parts.append(b"\r\n\r\n" if keep_alive else b"\r\nconnection: close\r\n\r\n")
-        parts.append(self.bodies["error" if v2 else "detail"])
-        return b"".join(parts)
+        body = self.bodies["error" if v2 else "detail"]
+        return json_answer(503, body, default_headers, keep_alive=keep_alive)[0]
 
     def refused(self, v2: bool, since: float) -> None:
         """Count a refusal: ``mcdrop_rejected_requests_total{reason="busy"}`` and the request metrics (as a 5xx),

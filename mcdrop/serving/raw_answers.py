@@ -10,26 +10,38 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-RETRY_AFTER_S = 1  # what a 503 for too many connections tells the client
+from mcdrop.serving.errors import RETRY_AFTER_OVERLOADED_S
+
 _WARN_EVERY_S = 10.0  # refusals for too many connections are logged at most this often, with their count
 _ids = random.Random()  # request ids of the answers written here: unique, not secret
 
 
-def error_response(status: int, detail: str, default_headers: list[tuple[bytes, bytes]]) -> tuple[bytes, str]:
-    """A complete ``Connection: close`` JSON error answer and the request id it carries."""
-    request_id = f"{_ids.getrandbits(128):032x}"
-    body = json.dumps({"detail": detail}).encode()
+def new_request_id() -> str:
+    return f"{_ids.getrandbits(128):032x}"
+
+
+def json_answer(
+    status: int, body: bytes, default_headers: list[tuple[bytes, bytes]], *, keep_alive: bool = False
+) -> tuple[bytes, str]:
+    """A complete HTTP/1.1 answer with the JSON ``body`` (a 503 with ``Retry-After``), and the request id it
+    carries; ``Connection: close`` unless ``keep_alive``."""
+    request_id = new_request_id()
     head = [STATUS_LINE[status]]
     head += [name + b": " + value + b"\r\n" for name, value in default_headers]
     if status == 503:
-        head.append(b"retry-after: %d\r\n" % RETRY_AFTER_S)
+        head.append(b"retry-after: %d\r\n" % RETRY_AFTER_OVERLOADED_S)
     head += [
         b"content-type: application/json\r\n",
         b"content-length: %d\r\n" % len(body),
         b"x-request-id: " + request_id.encode() + b"\r\n",
-        b"connection: close\r\n\r\n",
+        b"\r\n" if keep_alive else b"connection: close\r\n\r\n",
     ]
     return b"".join(head) + body, request_id
+
+
+def error_response(status: int, detail: str, default_headers: list[tuple[bytes, bytes]]) -> tuple[bytes, str]:
+    """A complete ``Connection: close`` JSON error answer ``{"detail": ...}`` and the request id it carries."""
+    return json_answer(status, json.dumps({"detail": detail}).encode(), default_headers)
 
 
 class OverLimitLog:
