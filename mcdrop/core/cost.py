@@ -46,13 +46,14 @@ class CostTerms(NamedTuple):
 
 def text_steps(model: MCModel, encoder: TextEncoder, texts: Sequence[str]) -> int:
     """Stochastic-tail steps of one sample of ``texts`` (see the module docstring)."""
-    if model.stochastic_recurrence:
-        return sum(max(1, n) for n in encoder.count_tokens(texts))
-    return len(texts)
+    return bounded_steps(model, encoder, texts)[0]
 
 
-def bounded_steps(model: MCModel, encoder: TextEncoder, texts: Sequence[str], cap: int) -> tuple[int, int]:
-    """``text_steps``, counted text by text only until the sum exceeds ``cap``: (steps so far, texts counted).
+def bounded_steps(
+    model: MCModel, encoder: TextEncoder, texts: Sequence[str], cap: int | None = None
+) -> tuple[int, int]:
+    """``text_steps``, counted text by text only until the sum exceeds ``cap`` (if any): (steps so far, texts
+    counted).
 
     A request over the cost limit is known to be over it after its first few long texts; counting the rest would
     spend the event loop's time on a request that is refused anyway (64 texts of 10,000 characters: 3.6 ms).
@@ -62,7 +63,7 @@ def bounded_steps(model: MCModel, encoder: TextEncoder, texts: Sequence[str], ca
     steps = 0
     for counted, text in enumerate(texts, 1):
         steps += max(1, encoder.count_text_tokens(text))
-        if steps > cap:
+        if cap is not None and steps > cap:
             return steps, counted
     return steps, len(texts)
 
@@ -86,10 +87,7 @@ def cost_terms(
 ) -> CostTerms:
     """The cost of ``n_samples`` samples of ``texts`` and how it adds up (for a refusal). With ``limit``, counting
     stops once the cost is over it: the units are then more than ``limit``, and not all counted."""
-    if limit is None:
-        steps, counted = text_steps(model, encoder, texts), len(texts)
-    else:
-        steps, counted = bounded_steps(model, encoder, texts, limit // max(1, n_samples))
+    steps, counted = bounded_steps(model, encoder, texts, None if limit is None else limit // max(1, n_samples))
     terms = explain_cost(model, len(texts), steps, n_samples, counted)
     return CostTerms(n_samples * steps, terms, complete=counted == len(texts))
 
