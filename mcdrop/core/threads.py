@@ -69,7 +69,7 @@ def spare_threads() -> int:
 def intra_op_threads(threads: int) -> Iterator[None]:
     """The ops inside run on ``threads`` intra-op threads (this thread's setting), then the old count is back."""
     before = torch.get_num_threads()
-    if threads <= 1 or threads == before:
+    if threads < 1 or threads == before:
         yield
         return
     torch.set_num_threads(threads)
@@ -99,8 +99,7 @@ class ChunkRunner:
         threads = torch.get_num_threads()
         if threads == 1 or not parallel:
             return [fn(chunk) for chunk in chunks]
-        torch.set_num_threads(1)  # per calling thread, like the workers' own setting
-        try:
+        with intra_op_threads(1):  # per calling thread, like the workers' own setting
             if len(chunks) == 1:
                 _local.spare = threads
                 try:
@@ -108,5 +107,3 @@ class ChunkRunner:
                 finally:
                     _local.spare = 1
             return self._workers.run(fn, chunks, threads)
-        finally:
-            torch.set_num_threads(threads)
