@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mcdrop.serving.launch import ServerProcess, start_server
+from mcdrop.serving.launch import ServerProcess, add_env_argument, start_server
 from mcdrop.serving.loadgen import (
     EndlessHeaders,
     Slowloris,
@@ -149,7 +149,7 @@ def main() -> None:
         "--only", choices=["422", "idle", "headers", "storm"], action="append", help="run only these parts"
     )
     parser.add_argument("--server-pythonpath", help="run the server from this source tree (PYTHONPATH)")
-    parser.add_argument("--env", action="append", default=[], help="extra MCDROP_X=Y for the server")
+    add_env_argument(parser)
     args = parser.parse_args()
     args.in_flight = args.in_flight or (3 * args.clients + 1) // 2
     models = REPO / "models"
@@ -173,7 +173,7 @@ def main() -> None:
         # the same scale-down for a server without the in-flight limit: its 503s come from the queue limit
         "MCDROP_QUEUE_LIMIT": str(max(64, args.clients * 4)),
     }
-    env.update(item.split("=", 1) for item in args.env)
+    env.update(args.env)
     if args.server_pythonpath:
         env["PYTHONPATH"] = args.server_pythonpath
     server = start_server(models, workdir / "serve.log", env, cwd=REPO)

@@ -58,7 +58,7 @@ import torch
 from mcdrop.core.checkpoint import save_checkpoint
 from mcdrop.core.registry import build_model
 from mcdrop.core.text import TextEncoder
-from mcdrop.serving.launch import ServerStartError, start_server
+from mcdrop.serving.launch import ServerStartError, add_env_argument, start_server
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = [
@@ -359,7 +359,7 @@ def main() -> int:
     parser.add_argument("--batching", choices=["both", "on", "off"], default="both")
     parser.add_argument("--outputs", default=None, help="/v2: the outputs to ask for, comma-separated (default all)")
     parser.add_argument("--v2-binary", action="store_true", help="/v2: ask for the outputs as binary data")
-    parser.add_argument("--env", action="append", default=[], help="extra MCDROP_X=Y for the server")
+    add_env_argument(parser)
     args = parser.parse_args()
     names = args.models.split(",")
     clients = [int(c) for c in args.clients.split(",")]
@@ -368,7 +368,7 @@ def main() -> int:
         parser.error("--endpoint: v1, v2 or v1,v2")
     outputs = tuple(args.outputs.split(",")) if args.outputs else None
     settings = {"both": (True, False), "on": (True,), "off": (False,)}[args.batching]
-    extra_env = dict(item.split("=", 1) for item in args.env)
+    extra_env = dict(args.env)
 
     workdir = Path(tempfile.mkdtemp(prefix="mcdrop-bench-"))
     model_dir = prepare_models(args.model_dir, names, workdir)

@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from mcdrop.serving.launch import start_server
+from mcdrop.serving.launch import add_env_argument, start_server
 
 REPO = Path(__file__).resolve().parents[1]
 WORD = "word "
@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument(
         "--torch-threads", type=int, default=None, help="MCDROP_TORCH_THREADS for the server (default: its own)"
     )
-    parser.add_argument("--env", action="append", default=[], help="extra MCDROP_X=Y for the server")
+    add_env_argument(parser)
     args = parser.parse_args()
     limit = args.max_request_cost or DEFAULT_MAX_REQUEST_COST
     maximal = {"texts": [WORD * (MAX_CHARS // len(WORD))] * MAX_TEXTS, "model": "rt-gru", "n_samples": MAX_N_SAMPLES}
@@ -163,7 +163,7 @@ def main() -> None:
         env["MCDROP_MAX_REQUEST_COST"] = str(args.max_request_cost)
     if args.torch_threads is not None:
         env["MCDROP_TORCH_THREADS"] = str(args.torch_threads)
-    env.update(item.split("=", 1) for item in args.env)
+    env.update(args.env)
     with tempfile.TemporaryDirectory() as workdir:
         server = start_server(args.model_dir, Path(workdir) / "serve.log", env, timeout_s=180)
         try:

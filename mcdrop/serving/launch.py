@@ -10,6 +10,7 @@ log. ``stop`` sends SIGTERM, waits for a graceful exit, and kills it if none com
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import socket
@@ -142,3 +143,16 @@ def running_server(
         yield server
     finally:
         server.stop()
+
+
+def env_setting(item: str) -> tuple[str, str]:
+    """``MCDROP_X=Y`` from a command line, as ``("MCDROP_X", "Y")`` (an ``argparse`` type)."""
+    name, sep, value = item.partition("=")
+    if not sep or not name.startswith("MCDROP_"):
+        raise argparse.ArgumentTypeError(f"expected MCDROP_NAME=VALUE, got {item!r}")
+    return name, value
+
+
+def add_env_argument(parser: argparse.ArgumentParser) -> None:
+    """``--env MCDROP_X=Y`` (repeatable): settings for the server a tool starts; ``dict(args.env)`` holds them."""
+    parser.add_argument("--env", action="append", default=[], type=env_setting, help="extra MCDROP_X=Y for the server")
