@@ -25,11 +25,14 @@ from mcdrop.core.errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelInput:
-    """A batch ready for a model: flat ids + offsets for bags, or padded ids + lengths for sequences."""
+    """A batch ready for a model: flat ids + offsets for bags, or padded ids + lengths for sequences (with the
+    tokens' hashed subword ids as one bag per step when the model reads them)."""
 
     ids: Tensor  # bag: (N_ids,); sequence: (B, T)
     offsets: Tensor | None = None  # bag: (B,) start of each text in ids
     lengths: Tensor | None = None  # sequence: (B,) on the CPU, as packing wants
+    pieces: Tensor | None = None  # sequence with subwords: (N_pieces,) every step's subword ids, step after step
+    piece_offsets: Tensor | None = None  # sequence with subwords: (B·T,) start of each step's bag in pieces
 
     def __len__(self) -> int:
         if self.offsets is not None:

@@ -331,7 +331,7 @@ class MCEngine:
         calibration = self.calibration
         if calibration is None or calibration.novelty is None or self.novelty_model is None:
             return [None] * len(encoded)
-        nll = self._novelty_scorer().mean_nll(encoded.ids, encoded.n_tokens, encoded.tokens)
+        nll = self._novelty_scorer().mean_nll(encoded.word_rows(), encoded.n_tokens, encoded.tokens)
         return list(calibration.novelty.novelty_list(nll))
 
     def _novelty_scorer(self) -> EncoderScorer:

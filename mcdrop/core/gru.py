@@ -33,6 +33,9 @@ from mcdrop.core.dropout import (
 )
 from mcdrop.core.errors import ConfigError
 from mcdrop.core.gate_recurrence import gate_recurrence, input_projections
+from mcdrop.core.text import Vocabulary
+
+UNK_ID = Vocabulary.UNK_ID
 
 
 class DropoutGRU(nn.Module):
@@ -51,9 +54,14 @@ class DropoutGRU(nn.Module):
         max_tokens: longest token sequence accepted (the encoder's ``max_tokens``).
         prior_dim: width of the fixed per-token prior features appended to each step's input (0: none).
         token_dropout_p: drop whole token embeddings during training only (never the prior, never in Monte Carlo
-            or eval passes), so the model learns to read the prior for words it lacks.
+            or eval passes), so the model learns to read the prior for words it lacks. With subwords, a dropped
+            token becomes ``<unk>`` and keeps its subwords: what a word the corpus never saw looks like.
         bag_skip: also pool the (dropped) step inputs themselves, by their mean, beside the GRU's states: a
             bag-of-words path next to the order-aware one, which holds up where word order carries little.
+        subword_buckets: the last ``subword_buckets`` of the ``vocab_size`` ids are hashed character n-grams
+            (:func:`mcdrop.core.text.subword_ids`); each step's input is then its word's embedding plus the mean
+            of its subwords' embeddings (fastText-style), so a word the corpus never saw, or a misspelt one, is
+            not just ``<unk>`` but the pieces it shares with known words.
     """
 
     architecture = "gru"
@@ -76,8 +84,15 @@ class DropoutGRU(nn.Module):
         token_dropout_p: float = 0.0,
         bag_skip: bool = False,
         gate_dropout_p: float = 0.0,
+        subword_buckets: int = 0,
     ) -> None:
         super().__init__()
+        if not 0 <= subword_buckets <= vocab_size - 2:
+            raise ConfigError(
+                f"subword_buckets must be in [0, vocab_size - 2] (got {subword_buckets} for {vocab_size} ids)"
+            )
+        self.subword_buckets = subword_buckets
+        self.n_words = vocab_size - subword_buckets  # ids below it are words, the rest subwords
         if num_layers not in (1, 2):
             raise ConfigError(f"num_layers must be 1 or 2 (got {num_layers})")
         self.gate_dropout_p = check_probability("gate_dropout_p", gate_dropout_p)
@@ -131,8 +146,11 @@ class DropoutGRU(nn.Module):
         """A sequence model reads unigram ids in order, at most ``max_tokens`` of them: the encoder must agree."""
         if ngram_max != 1:
             return f"a GRU reads word sequences: ngram_max must be 1 (got {ngram_max})"
-        if subword_buckets:
-            return f"a GRU reads word sequences: subword_buckets must be 0 (got {subword_buckets})"
+        if subword_buckets != self.subword_buckets:
+            return (
+                f"the encoder hashes subwords into {subword_buckets} buckets but the GRU reads "
+                f"{self.subword_buckets} (model_params.subword_buckets)"
+            )
         if max_tokens > self.word_dropout.max_tokens:
             return (
                 f"the encoder keeps up to {max_tokens} tokens but the GRU accepts at most "
@@ -140,13 +158,55 @@ class DropoutGRU(nn.Module):
             )
         return None
 
-    @staticmethod
-    def make_input(ids: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> ModelInput:
-        lengths = torch.tensor([max(1, len(i)) for i in ids], dtype=torch.long)
-        padded = torch.zeros(len(ids), int(lengths.max()) if len(ids) else 1, dtype=torch.long)
-        for row, seq in enumerate(ids):
-            padded[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        return ModelInput(ids=padded.to(device), lengths=lengths)
+    def make_input(self, ids: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> ModelInput:
+        """Padded word ids ``(B, T)`` and lengths; with subwords, each row's subword ids (those from ``n_words``
+        on, after the word they belong to) become that step's bag in ``pieces``."""
+        if not self.subword_buckets:
+            return _padded(ids, device)
+        words: list[list[int]] = []
+        counts: list[list[int]] = []  # subwords of each step
+        pieces: list[int] = []
+        n_words = self.n_words
+        for text_ids in ids:
+            sequence: list[int] = []
+            row_counts: list[int] = []
+            for i in text_ids:
+                if i < n_words:
+                    sequence.append(i)
+                    row_counts.append(0)
+                elif row_counts:  # a subword belongs to the word before it
+                    pieces.append(i)
+                    row_counts[-1] += 1
+            words.append(sequence)
+            counts.append(row_counts)
+        batch = _padded(words, device)
+        steps = torch.zeros(batch.ids.shape, dtype=torch.long)
+        for row, row_counts in enumerate(counts):
+            steps[row, : len(row_counts)] = torch.tensor(row_counts, dtype=torch.long)
+        flat = steps.flatten()
+        offsets = torch.cumsum(flat, 0) - flat
+        return ModelInput(
+            ids=batch.ids,
+            lengths=batch.lengths,
+            pieces=torch.tensor(pieces, dtype=torch.long).to(device),
+            piece_offsets=offsets.to(device),
+        )
+
+    def _embed(self, batch: ModelInput) -> Tensor:
+        """Step inputs ``(B, T, E)``: word embeddings, plus the mean of each step's subword embeddings."""
+        if not self.subword_buckets:
+            embedded: Tensor = self.embedding(batch.ids)
+            return embedded
+        ids = batch.ids
+        if self.training and self.token_dropout_p > 0:
+            dropped = torch.rand(ids.shape, device=ids.device) < self.token_dropout_p
+            ids = ids.masked_fill(dropped & (ids != 0), UNK_ID)
+        embedded = self.embedding(ids)
+        if batch.pieces is None or batch.piece_offsets is None:
+            raise ValueError("this DropoutGRU reads subwords: build its batch with its make_input")
+        # an empty bag (a step without subwords, or padding) is a zero vector
+        bags = nn.functional.embedding_bag(batch.pieces, self.embedding.weight, batch.piece_offsets, mode="mean")
+        return embedded + bags.view_as(embedded)
 
     def _recurrence(self, x: Tensor, lengths: Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:
         """``(N, T, E)`` embeddings → pooled features ``(N, F)``: max and mean over each text's steps."""
@@ -194,7 +254,7 @@ class DropoutGRU(nn.Module):
         training-only token dropout."""
         if batch.lengths is None:
             raise ValueError("DropoutGRU needs a sequence batch: build it with DropoutGRU.make_input")
-        embedded = self.embedding(batch.ids)
+        embedded = self._embed(batch)
         prior = nn.functional.embedding(batch.ids, self.token_prior) if self.prior_dim else None
         if self.gate_dropout_p > 0 and not self.training:
             return self._projected(self._with_prior(embedded, prior), batch.lengths)
@@ -227,7 +287,8 @@ class DropoutGRU(nn.Module):
         return logits
 
     def _token_dropout(self, x: Tensor, sampler: MaskSampler | None) -> Tensor:
-        if sampler is None and self.training and self.token_dropout_p > 0:
+        """Training only; with subwords it happened in the embedding (a dropped word is ``<unk>``)."""
+        if sampler is None and self.training and self.token_dropout_p > 0 and not self.subword_buckets:
             return x * inverted_dropout_mask((*x.shape[:-1], 1), self.token_dropout_p, device=x.device)
         return x
 
@@ -301,3 +362,12 @@ class DropoutGRU(nn.Module):
 
     def forward(self, batch: ModelInput) -> Tensor:
         return self.stochastic_tail(self.prefix(batch))
+
+
+def _padded(ids: Sequence[Sequence[int]], device: torch.device | str) -> ModelInput:
+    """Word ids padded with 0 to the longest row ``(B, T)``, and each row's length (at least 1) on the CPU."""
+    lengths = torch.tensor([max(1, len(i)) for i in ids], dtype=torch.long)
+    padded = torch.zeros(len(ids), int(lengths.max()) if len(ids) else 1, dtype=torch.long)
+    for row, seq in enumerate(ids):
+        padded[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return ModelInput(ids=padded.to(device), lengths=lengths)

@@ -81,16 +81,23 @@ class Vocabulary:
 class EncodedTexts:
     """Token ids of a batch of texts with the novelty statistics of each.
 
-    ``ids[i]`` are the ids the model sees (unigrams in order, then n-grams and hashed subwords for bag-of-words
-    models);
+    ``ids[i]`` are the ids the model sees: unigrams in order, each followed by its hashed subword ids when the
+    encoder has subword buckets, then the known n-grams (bag-of-words models);
     ``n_tokens[i]``/``n_known_tokens[i]`` count unigram tokens (after truncation) and those in the vocabulary;
-    ``tokens[i]`` are those tokens (what the novelty model scores).
+    ``tokens[i]`` are those tokens (what the novelty model scores);
+    ``words[i]`` are their ids alone when subwords sit between them in ``ids[i]`` (``None`` otherwise: then they
+    are the first ``n_tokens[i]`` of ``ids[i]``).
     """
 
     ids: list[list[int]]
     n_tokens: list[int]
     n_known_tokens: list[int]
     tokens: list[list[str]] = field(default_factory=list)
+    words: list[list[int]] | None = None
+
+    def word_rows(self) -> Sequence[Sequence[int]]:
+        """Rows that start with each text's word ids in order (its first ``n_tokens[i]`` entries)."""
+        return self.ids if self.words is None else self.words
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -149,27 +156,38 @@ class TextEncoder:
         n_tokens: list[int] = []
         n_known_tokens: list[int] = []
         token_lists: list[list[str]] = []
+        words: list[list[int]] | None = [] if self.subword_buckets else None
         index, unk = self.vocab.index, Vocabulary.UNK_ID
         get = index.get
         for text in texts:
             tokens = self.tokens(text)
             token_lists.append(tokens)
             unigram_ids = [get(t, unk) for t in tokens]
+            row = unigram_ids
+            if words is not None:
+                words.append(unigram_ids)
+                row = self._with_subwords(tokens, unigram_ids)
             if self.ngram_max > 1:
                 # n-grams outside the vocabulary carry no signal; keep only known ones (bigrams without the
                 # general n-gram loop: they are most of a bag-of-words encoder's time)
                 grams = (a + " " + b for a, b in itertools.pairwise(tokens)) if self.ngram_max == 2 else None
                 found = (get(g) for g in (grams if grams is not None else ngrams(tokens, self.ngram_max)))
-                ids.append(unigram_ids + [i for i in found if i is not None])
+                ids.append(row + [i for i in found if i is not None])
             else:
-                ids.append(unigram_ids)
-            if self.subword_buckets:
-                row, buckets, offset = ids[-1], self.subword_buckets, len(self.vocab)
-                for token in tokens:
-                    row.extend(subword_ids(token, buckets, offset))
+                ids.append(row)
             n_tokens.append(len(tokens))
             n_known_tokens.append(len(unigram_ids) - unigram_ids.count(unk))
-        return EncodedTexts(ids, n_tokens, n_known_tokens, token_lists)
+        return EncodedTexts(ids, n_tokens, n_known_tokens, token_lists, words)
+
+    def _with_subwords(self, tokens: Sequence[str], unigram_ids: Sequence[int]) -> list[int]:
+        """Each token's id followed by its subword ids, which are all at least ``len(vocab)``: a bag reads them
+        all alike, and a sequence model regroups them by token (an id below ``len(vocab)`` starts a token)."""
+        row: list[int] = []
+        buckets, offset = self.subword_buckets, len(self.vocab)
+        for token, token_id in zip(tokens, unigram_ids, strict=True):
+            row.append(token_id)
+            row.extend(subword_ids(token, buckets, offset))
+        return row
 
     @classmethod
     def fit(

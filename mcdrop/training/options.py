@@ -94,11 +94,8 @@ class TrainOptions:
                 "--gate-dropout replaces --word-dropout, --input-dropout and --weight-dropout (set them to 0) and "
                 f"needs --num-layers 1 (got {self.num_layers})"
             )
-        if self.subword_buckets < 0 or (self.subword_buckets and self.architecture != "mlp"):
-            raise ConfigError(
-                f"--subword-buckets must be 0, or positive for the bag-of-words mlp (got {self.subword_buckets} "
-                f"for {self.architecture})"
-            )
+        if self.subword_buckets < 0:
+            raise ConfigError(f"--subword-buckets must be at least 0 (got {self.subword_buckets})")
         if not 1 <= self.ensemble_size <= MAX_MEMBERS:
             raise ConfigError(f"--ensemble-size must be in [1, {MAX_MEMBERS}] (got {self.ensemble_size})")
         if self.min_count < 1 or self.vocab_size < 3:
@@ -155,6 +152,7 @@ class TrainOptions:
             | prior
             | ({"bag_skip": True} if self.bag_skip else {})
             | ({"gate_dropout_p": self.gate_dropout} if self.gate_dropout else {})
+            | ({"subword_buckets": self.subword_buckets} if self.subword_buckets else {})
         )
 
     def hyper_parameters(self) -> dict[str, Any]:

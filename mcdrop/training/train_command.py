@@ -87,7 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     shift.add_argument("--distill-weight", type=float, default=d.distill_weight, help="share of the soft targets")
     shift.add_argument(
-        "--subword-buckets", type=int, default=d.subword_buckets, help="mlp: hashed character 3-5-grams of each token"
+        "--subword-buckets",
+        type=int,
+        default=d.subword_buckets,
+        help="hashed character 3-5-grams of each token (mlp: in the bag; gru: added to its word's embedding)",
     )
     shift.add_argument("--bag-skip", action="store_true", help="gru: pool the step inputs' mean beside the states")
     shift.add_argument(

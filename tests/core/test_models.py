@@ -161,3 +161,53 @@ def test_build_model_errors() -> None:
         build_model("gru", 10, 2, {"gate_dropout_p": -0.1})
     with pytest.raises(ConfigError, match="invalid mlp parameters"):
         build_model("mlp", 10, 2, {"embed_dim": -4})
+
+
+def test_a_gru_with_subwords_adds_each_steps_pieces_to_its_word() -> None:
+    """Each step's input is its word's embedding plus the mean of that word's subword embeddings; padding and
+    a batch of texts give what each text gives alone."""
+    from mcdrop.core.text import TextEncoder, Vocabulary
+
+    encoder = TextEncoder(Vocabulary(["<pad>", "<unk>", "a", "fine", "film"]), 1, 16, subword_buckets=32)
+    model = DropoutGRU(encoder.n_ids, 2, embed_dim=8, hidden_dim=4, input_dropout_p=0.5, subword_buckets=32).eval()
+    ids = encoder.encode(["a fine flim", "film"]).ids
+    batch = model.make_input(ids)
+    assert batch.ids.tolist() == [[2, 3, 1], [4, 0, 0]] and batch.lengths.tolist() == [3, 1]
+    assert batch.pieces is not None and batch.piece_offsets is not None
+    counts = [len(encoder.encode([w]).ids[0]) - 1 for w in ("a", "fine", "flim", "film")]
+    assert batch.pieces.numel() == sum(counts)
+    embedded = model._embed(batch)
+    table = model.embedding.weight
+    first_pieces = torch.tensor(ids[0][1 : 1 + counts[0]])
+    torch.testing.assert_close(embedded[0, 0], table[2] + table[first_pieces].mean(0))
+    torch.testing.assert_close(embedded[1, 1], torch.zeros(8))  # padding: no word, no pieces
+    together = model(batch)
+    alone = torch.cat([model(model.make_input([row])) for row in ids])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    assert model.check_encoder(1, 16, 32) is None
+    assert "hashes subwords into 0 buckets but the GRU reads 32" in str(model.check_encoder(1, 16, 0))
+    with pytest.raises(ConfigError, match="subword_buckets must be in"):
+        DropoutGRU(10, 2, subword_buckets=9)
+
+
+def test_a_gru_with_subwords_drops_a_training_word_to_unk_and_keeps_its_pieces() -> None:
+    """Token dropout with subwords turns a training word into what an unseen word is at serving time: <unk> plus
+    its own subwords; Monte Carlo and eval passes keep every word."""
+    from mcdrop.core.text import TextEncoder, Vocabulary
+
+    encoder = TextEncoder(Vocabulary(["<pad>", "<unk>", "a", "fine", "film"]), 1, 16, subword_buckets=32)
+    params = {"embed_dim": 8, "hidden_dim": 4, "input_dropout_p": 0.5, "subword_buckets": 32}
+    model = DropoutGRU(encoder.n_ids, 2, token_dropout_p=1.0, **params)
+    batch = model.make_input(encoder.encode(["fine film", "a"]).ids)
+    unseen = model.make_input(encoder.encode(["qfine qfilm", "qa"]).ids)  # unknown words
+    table = model.embedding.weight.detach()
+    model.eval()
+    kept = model._embed(batch).detach()
+    pieces = kept - table[batch.ids]  # what the subwords add
+    model.train()
+    dropped = model._embed(batch).detach()
+    torch.testing.assert_close(dropped[0], table[1] + pieces[0])
+    torch.testing.assert_close(dropped[1, 0], table[1] + pieces[1, 0])
+    torch.testing.assert_close(dropped[1, 1], torch.zeros(8))  # padding stays padding
+    assert unseen.ids.tolist() == [[1, 1], [1, 0]]  # unknown words: <unk> with their own pieces
+    assert not torch.equal(dropped[0], table[1].expand(2, 8))  # the pieces are kept

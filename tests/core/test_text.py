@@ -60,13 +60,21 @@ def test_subword_ids_are_stable_hashed_pieces_numbered_after_the_vocabulary() ->
     assert len(set(subword_ids("unwatchable", 1 << 16, 0)) & set(subword_ids("watchable", 1 << 16, 0))) >= 8
 
 
-def test_an_encoder_with_subwords_appends_them_and_round_trips() -> None:
+def test_an_encoder_with_subwords_puts_them_after_their_word_and_round_trips() -> None:
+    from mcdrop.core.text import subword_ids
+
     encoder = TextEncoder.fit(["a fine film", "a dull film"], max_size=50, ngram_max=2)
     plain = encoder.encode(["a fine flim"])
     with_subwords = TextEncoder(encoder.vocab, 2, encoder.max_tokens, subword_buckets=64)
     encoded = with_subwords.encode(["a fine flim"])
-    assert encoded.ids[0][: len(plain.ids[0])] == plain.ids[0]  # words and n-grams first, as before
-    assert len(encoded.ids[0]) > len(plain.ids[0]) and max(encoded.ids[0]) < with_subwords.n_ids
+    words = [i for i in encoded.ids[0] if i < len(encoder.vocab)]
+    assert words == plain.ids[0]  # the words in order, then the known bigrams, as without subwords
+    offset = len(encoder.vocab)
+    pieces = [list(subword_ids(t, 64, offset)) for t in ("a", "fine", "flim")]
+    unigrams = plain.ids[0][:3]
+    expected = [unigrams[0], *pieces[0], unigrams[1], *pieces[1], unigrams[2], *pieces[2], *plain.ids[0][3:]]
+    assert encoded.ids[0] == expected  # each word's subwords right after it, so a sequence can regroup them
+    assert max(encoded.ids[0]) < with_subwords.n_ids
     assert encoded.n_known_tokens == plain.n_known_tokens  # subwords never make a word known
     again = TextEncoder.from_json(with_subwords.to_json())
     assert again.subword_buckets == 64 and again.encode(["a fine flim"]).ids == encoded.ids

@@ -224,7 +224,7 @@ def test_distilling_from_a_model_with_other_labels_is_refused(
     assert "--distill-from: the teacher's labels ['negative', 'positive'] differ" in capsys.readouterr().err
 
 
-def test_mlp_subwords_train_round_trip_and_a_gru_refuses_them(
+def test_subwords_train_and_round_trip_for_the_mlp_and_the_gru(
     reviews_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert _train(reviews_csv, tmp_path / "models", *MLP_FLAGS, "--subword-buckets", "128") == 0
@@ -236,6 +236,13 @@ def test_mlp_subwords_train_round_trip_and_a_gru_refuses_them(
     engine = MCEngine(checkpoint, device="cpu")
     again = json.loads(json.dumps(engine.predict(["superb fun, wonderfull"], n_samples=8, seed=0)[0].to_dict()))
     assert again["label"] in ("bad", "good", "meh") and report["mc"]["accuracy"] > 0.5
-    assert _train(reviews_csv, tmp_path / "gru", *GRU_FLAGS, "--subword-buckets", "128") == 2
-    error = capsys.readouterr().err
-    assert "--subword-buckets must be 0, or positive for the bag-of-words mlp (got 128 for gru)" in error
+    assert _train(reviews_csv, tmp_path / "gru", *GRU_FLAGS, "--subword-buckets", "128") == 0
+    gru = load_checkpoint(tmp_path / "gru" / "tiny")
+    assert gru.encoder.subword_buckets == 128 and gru.config["model_params"]["subword_buckets"] == 128
+    assert gru.model.token_embeddings().shape[0] == len(gru.encoder.vocab) + 128
+    # a misspelt word the vocabulary lacks is <unk> plus its own pieces: unlike another unknown word
+    gru_engine = MCEngine(gru, device="cpu")
+    a, b = (gru_engine.predict([t], n_samples=8, seed=0)[0].probs for t in ("wonderfull", "qzxv"))
+    assert a != b
+    assert _train(reviews_csv, tmp_path / "bad", *GRU_FLAGS, "--subword-buckets", "-1") == 2
+    assert "--subword-buckets must be at least 0 (got -1)" in capsys.readouterr().err
