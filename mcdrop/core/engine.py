@@ -161,9 +161,10 @@ class MCEngine:
         return torch.softmax(logits / self.temperature, dim=-1)
 
     def _chunks(self, encoded: EncodedTexts, rows_per_input: int, parts: int = 1) -> list[list[int]]:
-        """Input indices in length order, in chunks of at most ``pass_rows // rows_per_input`` inputs (and at
-        least ``parts`` chunks when there are enough inputs, one per thread)."""
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded.ids[i]))
+        """Input indices in token-count order (a sequence pads to its longest text; subword ids do not lengthen
+        it), in chunks of at most ``pass_rows // rows_per_input`` inputs (and at least ``parts`` chunks when there
+        are enough inputs, one per thread)."""
+        order = sorted(range(len(encoded)), key=encoded.n_tokens.__getitem__)
         size = max(1, min(self.pass_rows // max(1, rows_per_input), math.ceil(len(order) / parts)))
         return [order[start : start + size] for start in range(0, len(order), size)]
 
