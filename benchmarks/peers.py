@@ -78,8 +78,16 @@ class PlainGRU(nn.Module):
         self.classifier = copy.deepcopy(source.classifier)
 
     def forward(self, ids: Tensor) -> Tensor:
+        """``ids`` ``(B, T)`` word ids, or ``(B, T, 1 + P)`` each step's word id then its subword ids (0: none)."""
+        if ids.dim() == 3:  # a step's input: its word's embedding plus the mean of its subwords' (padding is zero)
+            ids, pieces = ids[..., 0], ids[..., 1:]
+            bags = nn.functional.embedding_bag(
+                pieces.flatten(0, 1), self.embedding.weight, mode="mean", padding_idx=0
+            )  # one fixed-width bag per step, its padding left out
+            x = self.embedding(ids) + bags.view(*ids.shape, -1)
+        else:
+            x = self.embedding(ids)
         lengths = (ids != 0).sum(dim=1).clamp_min(1)
-        x = self.embedding(ids)
         x = x * self.input_dropout(x.new_ones(x.shape[0], 1, x.shape[2]))  # locked: one mask per text
         if self.prior is not None:
             x = torch.cat([x, self.prior(ids)], dim=-1)
@@ -110,11 +118,35 @@ def plain_models(checkpoint: Checkpoint) -> list[nn.Module]:
 
 
 def padded_ids(checkpoint: Checkpoint, texts: Sequence[str]) -> Tensor:
-    """The checkpoint's token ids of ``texts``, padded with 0 to the longest: ``(B, L)``."""
+    """The checkpoint's token ids of ``texts``, padded with 0 to the longest: ``(B, L)``; for a GRU that reads
+    subwords ``(B, T, 1 + P)``, each step's word id followed by its subword ids."""
     ids = checkpoint.encoder.encode(texts).ids
+    model = checkpoint.model
+    first = model.members[0] if isinstance(model, DropoutEnsemble) else model
+    if isinstance(first, DropoutGRU) and first.subword_buckets:
+        return _steps_with_pieces(ids, first.n_words)
     out = torch.zeros(len(ids), max(1, *(len(i) for i in ids)), dtype=torch.long)
     for row, seq in enumerate(ids):
         out[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return out
+
+
+def _steps_with_pieces(ids: Sequence[Sequence[int]], n_words: int) -> Tensor:
+    """Rows of word ids each followed by its subword ids (from ``n_words`` on) → ``(B, T, 1 + P)``, 0-padded."""
+    rows: list[list[list[int]]] = []
+    for row in ids:
+        steps: list[list[int]] = []
+        for i in row:
+            if i < n_words:
+                steps.append([i])
+            elif steps:
+                steps[-1].append(i)
+        rows.append(steps)
+    width = max(len(step) for steps in rows for step in steps) if any(rows) else 1
+    out = torch.zeros(len(rows), max(1, *(len(steps) for steps in rows)), width, dtype=torch.long)
+    for r, steps in enumerate(rows):
+        for t, step in enumerate(steps):
+            out[r, t, : len(step)] = torch.tensor(step, dtype=torch.long)
     return out
 
 
