@@ -31,6 +31,7 @@ from mcdrop.core.checkpoint import Checkpoint
 from mcdrop.core.ensemble import DropoutEnsemble
 from mcdrop.core.gru import DropoutGRU
 from mcdrop.core.mlp import DropoutMLP
+from mcdrop.core.sequence_input import with_pieces
 
 Runner = Callable[[Tensor, int], Tensor]
 
@@ -132,22 +133,18 @@ def padded_ids(checkpoint: Checkpoint, texts: Sequence[str]) -> Tensor:
 
 
 def _steps_with_pieces(ids: Sequence[Sequence[int]], n_words: int) -> Tensor:
-    """Rows of word ids each followed by its subword ids (from ``n_words`` on) → ``(B, T, 1 + P)``, 0-padded."""
-    rows: list[list[list[int]]] = []
-    for row in ids:
-        steps: list[list[int]] = []
-        for i in row:
-            if i < n_words:
-                steps.append([i])
-            elif steps:
-                steps[-1].append(i)
-        rows.append(steps)
-    width = max(len(step) for steps in rows for step in steps) if any(rows) else 1
-    out = torch.zeros(len(rows), max(1, *(len(steps) for steps in rows)), width, dtype=torch.long)
-    for r, steps in enumerate(rows):
-        for t, step in enumerate(steps):
-            out[r, t, : len(step)] = torch.tensor(step, dtype=torch.long)
-    return out
+    """Rows of word ids each followed by its subword ids (from ``n_words`` on) → ``(B, T, 1 + P)``, 0-padded: the
+    regrouping of :func:`~mcdrop.core.sequence_input.with_pieces`, laid out as fixed-width steps."""
+    batch = with_pieces(ids, n_words)
+    assert batch.pieces is not None and batch.piece_offsets is not None
+    ends = torch.cat([batch.piece_offsets[1:], torch.tensor([batch.pieces.numel()])])
+    counts = ends - batch.piece_offsets  # (B·T,) subwords of each step
+    step_of = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    width = 1 + int(counts.max()) if len(counts) else 1
+    out = torch.zeros(len(counts), width, dtype=torch.long)
+    out[:, 0] = batch.ids.flatten()
+    out[step_of, 1 + torch.arange(len(step_of)) - batch.piece_offsets[step_of]] = batch.pieces
+    return out.view(*batch.ids.shape, -1)
 
 
 def check_equivalent(checkpoint: Checkpoint, plains: Sequence[nn.Module], texts: Sequence[str]) -> float:

@@ -33,6 +33,7 @@ from mcdrop.core.dropout import (
 )
 from mcdrop.core.errors import ConfigError
 from mcdrop.core.gate_recurrence import gate_recurrence, input_projections
+from mcdrop.core.sequence_input import padded, with_pieces
 from mcdrop.core.text import Vocabulary
 
 UNK_ID = Vocabulary.UNK_ID
@@ -162,35 +163,8 @@ class DropoutGRU(nn.Module):
         """Padded word ids ``(B, T)`` and lengths; with subwords, each row's subword ids (those from ``n_words``
         on, after the word they belong to) become that step's bag in ``pieces``."""
         if not self.subword_buckets:
-            return _padded(ids, device)
-        words: list[list[int]] = []
-        counts: list[list[int]] = []  # subwords of each step
-        pieces: list[int] = []
-        n_words = self.n_words
-        for text_ids in ids:
-            sequence: list[int] = []
-            row_counts: list[int] = []
-            for i in text_ids:
-                if i < n_words:
-                    sequence.append(i)
-                    row_counts.append(0)
-                elif row_counts:  # a subword belongs to the word before it
-                    pieces.append(i)
-                    row_counts[-1] += 1
-            words.append(sequence)
-            counts.append(row_counts)
-        batch = _padded(words, device)
-        steps = torch.zeros(batch.ids.shape, dtype=torch.long)
-        for row, row_counts in enumerate(counts):
-            steps[row, : len(row_counts)] = torch.tensor(row_counts, dtype=torch.long)
-        flat = steps.flatten()
-        offsets = torch.cumsum(flat, 0) - flat
-        return ModelInput(
-            ids=batch.ids,
-            lengths=batch.lengths,
-            pieces=torch.tensor(pieces, dtype=torch.long).to(device),
-            piece_offsets=offsets.to(device),
-        )
+            return padded(ids, device)
+        return with_pieces(ids, self.n_words, device)
 
     def _embed(self, batch: ModelInput) -> Tensor:
         """Step inputs ``(B, T, E)``: word embeddings, plus the mean of each step's subword embeddings."""
@@ -362,12 +336,3 @@ class DropoutGRU(nn.Module):
 
     def forward(self, batch: ModelInput) -> Tensor:
         return self.stochastic_tail(self.prefix(batch))
-
-
-def _padded(ids: Sequence[Sequence[int]], device: torch.device | str) -> ModelInput:
-    """Word ids padded with 0 to the longest row ``(B, T)``, and each row's length (at least 1) on the CPU."""
-    lengths = torch.tensor([max(1, len(i)) for i in ids], dtype=torch.long)
-    padded = torch.zeros(len(ids), int(lengths.max()) if len(ids) else 1, dtype=torch.long)
-    for row, seq in enumerate(ids):
-        padded[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return ModelInput(ids=padded.to(device), lengths=lengths)
