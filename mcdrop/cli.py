@@ -1,8 +1,9 @@
-"""The ``mcdrop`` command line: a dispatcher to ``train``, ``predict``, ``eval``, ``calibrate`` and ``serve``.
+"""The ``mcdrop`` command line: a dispatcher to ``train``, ``predict``, ``eval``, ``calibrate``, ``compare`` and
+``serve``.
 
 Each subcommand lives in the layer it belongs to (``mcdrop.training.train_command``,
 ``mcdrop.serving.predict_command``, ``mcdrop.training.evaluate``, ``mcdrop.training.calibrate_command``,
-``mcdrop.serving.serve``); only the module of the command being run is imported.
+``mcdrop.training.compare``, ``mcdrop.serving.serve``); only the module of the command being run is imported.
 
 Every user error (bad flag value, missing or corrupt checkpoint, unreadable input) ends with one line on
 stderr saying what is wrong and how to fix it, and exit status 2; never a traceback.
@@ -27,6 +28,10 @@ DELEGATED = {
     "predict": ("mcdrop.serving.predict_command", "MC predictions for texts, one JSON object per line"),
     "eval": ("mcdrop.training.evaluate", "evaluate a checkpoint: accuracy, NLL, Brier, ECE, selective prediction, OOD"),
     "calibrate": ("mcdrop.training.calibrate_command", "recalibrate a checkpoint on a labelled sample of your traffic"),
+    "compare": (
+        "mcdrop.training.compare",
+        "paired NLL difference of two checkpoints on the same texts, with an interval",
+    ),
     "serve": ("mcdrop.serving.serve", "serve every checkpoint under a model directory over HTTP"),
 }
 
