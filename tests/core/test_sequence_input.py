@@ -50,3 +50,12 @@ def test_it_agrees_with_a_plain_loop_on_random_rows() -> None:
             elif expected:
                 expected[-1].append(i)
         assert row_bags[: len(expected)] == expected and not any(row_bags[len(expected) :])
+
+
+def test_padded_rows_keep_their_ids_and_length_at_least_one() -> None:
+    batch = padded([[3, 4, 5], [], [6]])
+    assert batch.ids.tolist() == [[3, 4, 5], [0, 0, 0], [6, 0, 0]]
+    assert batch.lengths is not None and batch.lengths.tolist() == [3, 1, 1]
+    assert padded([]).ids.shape == (0, 1)
+    big = [[7] * 300, [8] * 2]
+    assert padded(big).ids.sum().item() == 7 * 300 + 8 * 2 and padded(big).ids.shape == (2, 300)
