@@ -24,7 +24,7 @@ import numpy as np
 
 from mcdrop.core.engine import MCEngine, load_engine
 from mcdrop.core.errors import ConfigError, DatasetError
-from mcdrop.training.data import Dataset, load_splits, read_labelled_file
+from mcdrop.training.data import Dataset, load_checked_splits, read_labelled_file
 from mcdrop.training.shift_check import standin_sets
 
 CONFIDENCE = 0.95
@@ -83,9 +83,7 @@ def comparison_sets(args: argparse.Namespace, engines: Sequence[MCEngine]) -> di
     training = _training_data(engines)
     text_column, label_column = training.get("text_column", "text"), training.get("label_column", "label")
     seed = int(training.get("split_seed", 0))
-    splits = load_splits(str(training["dataset"]), text_column, label_column, seed=seed)
-    if list(splits.label_names) != list(labels):
-        raise DatasetError(f"{training['dataset']} has labels {list(splits.label_names)}; the models have {labels}")
+    splits = load_checked_splits(str(training["dataset"]), text_column, label_column, seed, labels)
     sets = standin_sets(splits.validation, splits.train.texts, seed=0)
     return sets | ({"test": splits.test} if args.test else {})
 

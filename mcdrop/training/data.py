@@ -258,6 +258,14 @@ def load_splits(data: str, text_column: str = "text", label_column: str = "label
     return load_file_splits(data, text_column, label_column, seed=seed)
 
 
+def load_checked_splits(data: str, text_column: str, label_column: str, seed: int, labels: Sequence[str]) -> DataSplits:
+    """:func:`load_splits`, refused with one line when the data's labels are not ``labels`` (a model's, in order)."""
+    splits = load_splits(data, text_column, label_column, seed=seed)
+    if list(splits.label_names) != list(labels):
+        raise DatasetError(f"{data} has labels {list(splits.label_names)}; the model has {list(labels)}")
+    return splits
+
+
 def _log_sizes(splits: DataSplits) -> None:
     logger.info(
         "data %s: train %d, calibration %d, validation %d, test %d, ood %d",

@@ -16,7 +16,7 @@ from typing import Any
 
 from mcdrop.core.engine import load_engine
 from mcdrop.core.errors import ConfigError, DatasetError
-from mcdrop.training.data import RT_NAME, Dataset, load_splits, read_labelled_file
+from mcdrop.training.data import RT_NAME, Dataset, load_checked_splits, read_labelled_file
 from mcdrop.training.plots import plot_reliability_diagram, plot_risk_coverage
 from mcdrop.training.report import evaluate_engine
 
@@ -51,9 +51,7 @@ def _eval_data(
         raise DatasetError("the checkpoint does not name its training data; pass --data rt or --data FILE")
     if args.data is not None and data != RT_NAME:
         return read_labelled_file(data, text_column, label_column, labels), []
-    splits = load_splits(str(data), text_column, label_column, seed=int(training.get("split_seed", 0)))
-    if list(splits.label_names) != list(labels):
-        raise DatasetError(f"{data} has labels {list(splits.label_names)}; the model has {list(labels)}")
+    splits = load_checked_splits(str(data), text_column, label_column, int(training.get("split_seed", 0)), labels)
     return splits.test, splits.ood_texts
 
 
