@@ -42,6 +42,7 @@ def with_pieces(ids: Sequence[Sequence[int]], n_words: int, device: torch.device
     flat = torch.frombuffer(values, dtype=torch.long) if values else torch.zeros(0, dtype=torch.long)
     row_of = torch.repeat_interleave(torch.arange(len(ids)), sizes)
     is_word = flat < n_words
+    is_piece = ~is_word
     word_rows = row_of[is_word]
     n_steps = torch.bincount(word_rows, minlength=len(ids))  # words per row
     lengths = n_steps.clamp_min(1)
@@ -50,8 +51,8 @@ def with_pieces(ids: Sequence[Sequence[int]], n_words: int, device: torch.device
     position = torch.arange(len(word_rows)) - first_step[word_rows]  # each word's step within its row
     words = torch.zeros(len(ids), width, dtype=torch.long)
     words[word_rows, position] = flat[is_word]
-    owner = torch.cumsum(is_word.long(), 0)[~is_word] - 1  # the word before each subword, among all words
-    piece_rows = row_of[~is_word]
+    owner = torch.cumsum(is_word.long(), 0)[is_piece] - 1  # the word before each subword, among all words
+    piece_rows = row_of[is_piece]
     kept = owner >= 0
     if bool(kept.any()):  # and of the same row: a row's leading subwords have the previous row's last word
         kept &= word_rows[owner.clamp_min(0)] == piece_rows
@@ -62,6 +63,6 @@ def with_pieces(ids: Sequence[Sequence[int]], n_words: int, device: torch.device
     return ModelInput(
         ids=words.to(device),
         lengths=lengths,
-        pieces=flat[~is_word][kept].to(device),
+        pieces=flat[is_piece][kept].to(device),
         piece_offsets=(torch.cumsum(steps, 0) - steps).to(device),
     )
