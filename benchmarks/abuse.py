@@ -4,6 +4,7 @@
     python benchmarks/abuse.py --storm 1500 --seconds 5  # the full-size storm, if the machine can drive it
     python benchmarks/abuse.py --only storm --storm 1500 --busy-delay 2   # one part, another refusal delay
     python benchmarks/abuse.py --server-pythonpath /tmp/old-tree   # the same figures for another source tree
+    python benchmarks/abuse.py --only storm --storm 1500 --pin     # server on CPU 0, clients on the others
 
 Starts ``mcdrop serve`` on 127.0.0.1 (``models/`` if it has checkpoints, else a tiny stand-in) and prints:
 
@@ -16,13 +17,17 @@ Starts ``mcdrop serve`` on 127.0.0.1 (``models/`` if it has checkpoints, else a 
   every moment a freed slot waits for the next request;
 * 422: size and time of the answer to a 1 MB body ``{"texts": [1, 1, ...]}``.
 
-Every loop is bounded in time and count; the clients share the machine with the server.
+Every loop is bounded in time and count; the clients share the machine with the server. With ``--pin`` they do
+not share its CPUs: the server runs on CPU 0 and the clients on the rest, the nearest a single machine comes to
+clients on other machines, so that a storm's figures are what the storm costs the server and not what its 1,500
+clients cost the CPU they would otherwise share with it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import statistics
 import tempfile
@@ -105,7 +110,7 @@ def storm(server: ServerProcess, args: argparse.Namespace) -> None:
     refused = statistics.median(r.statuses[503] / r.seconds for r in stormy)
     print(
         f"storm: {args.clients} clients (in-flight limit {args.in_flight}), then {args.storm} more retrying every 503 "
-        f"at once ({args.rounds} rounds)"
+        f"at once ({args.rounds} rounds; refusals held {args.busy_delay:g} s, at most {args.busy_max_rate:g}/s)"
     )
     print(f"  capacity {capacity:.0f} req/s, p99 {p99:.1f} ms; storm {goodput:.0f} req/s, p99 {storm_p99:.1f} ms")
     print(f"  goodput ratio {goodput / capacity:.2f}, p99 ratio {storm_p99 / p99:.2f}, {refused:.0f} refusals/s")
@@ -146,9 +151,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--busy-delay", type=float, default=1.0, help="the server's MCDROP_BUSY_DELAY_S")
     parser.add_argument(
+        "--busy-max-rate", type=float, default=500.0, help="the server's MCDROP_BUSY_MAX_RATE (0: no ceiling)"
+    )
+    parser.add_argument(
         "--only", choices=["422", "idle", "headers", "storm"], action="append", help="run only these parts"
     )
     parser.add_argument("--server-pythonpath", help="run the server from this source tree (PYTHONPATH)")
+    parser.add_argument("--pin", action="store_true", help="run the server on CPU 0 and the clients on the others")
     add_env_argument(parser)
     args = parser.parse_args()
     args.in_flight = args.in_flight or (3 * args.clients + 1) // 2
@@ -170,15 +179,24 @@ def main() -> None:
         "MCDROP_BODY_TIMEOUT_S": str(args.header_timeout),
         "MCDROP_MAX_IN_FLIGHT": str(args.in_flight),
         "MCDROP_BUSY_DELAY_S": str(args.busy_delay),
+        "MCDROP_BUSY_MAX_RATE": str(args.busy_max_rate),
         # the same scale-down for a server without the in-flight limit: its 503s come from the queue limit
         "MCDROP_QUEUE_LIMIT": str(max(64, args.clients * 4)),
     }
     env.update(args.env)
     if args.server_pythonpath:
         env["PYTHONPATH"] = args.server_pythonpath
-    server = start_server(models, workdir / "serve.log", env, cwd=REPO)
+    server_cpus = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            parser.error("--pin needs at least two CPUs")
+        server_cpus = {cpus[0]}
+        os.sched_setaffinity(0, set(cpus[1:]))
+    server = start_server(models, workdir / "serve.log", env, cwd=REPO, cpus=server_cpus)
     try:
-        print(f"mcdrop serve {server.url} on {models} (log: {workdir / 'serve.log'})")
+        pinned = f", on CPU {min(server_cpus)}, clients on {sorted(os.sched_getaffinity(0))}" if server_cpus else ""
+        print(f"mcdrop serve {server.url} on {models}{pinned} (log: {workdir / 'serve.log'})")
         parts = {"422": amplification, "idle": idle, "headers": headers, "storm": storm}
         for name, part in parts.items():
             if args.only is None or name in args.only:

@@ -52,8 +52,13 @@ class AdmissionMiddleware:
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         start = time.perf_counter()
-        if delay := self.gate.delay():
-            await asyncio.sleep(delay)
+        gate = self.gate
+        if delay := gate.delay():
+            gate.held += 1
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                gate.held -= 1
         v2 = scope["path"] != PREDICT_PATH
         key = "error" if v2 else "detail"
         headers = [*self._headers[key], (b"x-request-id", new_request_id().encode())]

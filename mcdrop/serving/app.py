@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
     app.state.service = Service(settings, metrics)
     app.state.in_flight = in_flight = InFlight(settings.max_in_flight)
     # the protocol under ``mcdrop serve`` refuses with this gate before the app starts (see busy.py)
-    app.state.busy_gate = gate = BusyGate(in_flight, metrics, settings.busy_delay_s)
+    app.state.busy_gate = gate = BusyGate(in_flight, metrics, settings.busy_delay_s, settings.busy_max_rate)
     install_error_handlers(app)
     # the prediction routes first: a request is matched against the routes in order (see routes.py)
     app.include_router(predict_router)

@@ -6,7 +6,10 @@ are answered::
     503 {"detail": "server busy: 64 predictions in progress (limit 64); retry later"}   Retry-After: 1
 
 (``{"error": ...}`` on ``/v2``, as that protocol's clients expect), ``delay_s`` (jittered 0.5-1.5x) after the
-request arrived, so that a client retrying at once, ignoring ``Retry-After``, retries at most that often.
+request arrived, so that a client retrying at once, ignoring ``Retry-After``, retries at most that often. While
+more refusals are held than ``max_rate`` x ``delay_s``, the hold grows to ``held / max_rate``: the refusals go out
+at no more than ``max_rate`` a second however many clients wait for one, so the share of the machine a storm can
+take has a ceiling that does not grow with the storm (each waiting client costs a connection, not CPU).
 
 A storm of such clients is paid for on the event loop, under the GIL the inference threads need, so the price of
 one refusal decides how much of the machine the storm takes. ``BusyGate`` keeps it to what cannot be avoided: under
@@ -55,10 +58,12 @@ def is_prediction(method: str, path: str) -> bool:
 class BusyGate:
     """Whether predictions are refused now, and the refusal: its delay, its bytes and its metrics."""
 
-    def __init__(self, in_flight: InFlight, metrics: Metrics, delay_s: float = 0.0) -> None:
+    def __init__(self, in_flight: InFlight, metrics: Metrics, delay_s: float = 0.0, max_rate: float = 0.0) -> None:
         self.in_flight = in_flight
         self.metrics = metrics
         self.delay_s = delay_s
+        self.max_rate = max_rate  # refusals sent per second at most, on average (0: no ceiling)
+        self.held = 0  # refusals waiting for their delay
         limit = in_flight.limit
         message = f"server busy: {limit} predictions in progress (limit {limit}); retry later"
         self.bodies = {key: json.dumps({key: message}).encode() for key in ("detail", "error")}
@@ -69,8 +74,13 @@ class BusyGate:
         return in_flight.count >= in_flight.limit
 
     def delay(self) -> float:
-        """How long this refusal waits: jittered, since refusals sent together would come back together."""
-        return self.delay_s * (0.5 + _jitter.random()) if self.delay_s else 0.0
+        """How long this refusal waits: ``delay_s``, or ``held / max_rate`` when that is longer, jittered, since
+        refusals sent together would come back together. With ``held`` clients each retrying as soon as its
+        refusal comes, refusals go out at ``held / mean delay``: at most ``max_rate`` a second."""
+        base = self.delay_s
+        if self.max_rate and self.held > base * self.max_rate:
+            base = self.held / self.max_rate
+        return base * (0.5 + _jitter.random()) if base else 0.0
 
     def hold(self, loop: asyncio.AbstractEventLoop, send: Callable[..., None], *args: Any) -> None:
         """Call ``send(*args)`` after ``delay()``, rounded up to a tick, with every refusal due on that tick.
@@ -89,9 +99,12 @@ class BusyGate:
             due = self._held[key] = []
             loop.call_at(key[1] * TICK_S, self._release, key)
         due.append((send, args))
+        self.held += 1
 
     def _release(self, key: tuple[int, int]) -> None:
-        for send, args in self._held.pop(key, ()):
+        due = self._held.pop(key, ())
+        self.held -= len(due)
+        for send, args in due:
             try:
                 send(*args)
             except Exception:  # one broken connection must not hold back the others' answers

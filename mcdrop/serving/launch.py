@@ -107,15 +107,20 @@ def start_server(
     timeout_s: float = 120.0,
     args: Sequence[str] = (),
     cwd: str | os.PathLike[str] | None = None,
+    cpus: set[int] | None = None,
 ) -> ServerProcess:
     """Start ``mcdrop serve --model-dir MODEL_DIR`` on a free loopback port with the caller's ``MCDROP_*`` variables
-    replaced by ``env``; return once it listens (and, with ``wait_ready``, once ``/readyz`` answers 200)."""
+    replaced by ``env``; return once it listens (and, with ``wait_ready``, once ``/readyz`` answers 200). With
+    ``cpus``, the server runs on those CPUs only (Linux), pinned before it has started a thread or sized its
+    thread pools."""
     port = free_port()
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("MCDROP_")}
     child_env.update(env or {})
     command = [*mcdrop_command(), "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
     with log_path.open("wb") as log:
         process = subprocess.Popen([*command, *args], stdout=log, stderr=subprocess.STDOUT, env=child_env, cwd=cwd)
+    if cpus is not None:
+        os.sched_setaffinity(process.pid, cpus)  # the interpreter is still starting: its threads inherit this
     server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
     try:
         server.wait_until("/healthz", 200, timeout_s)

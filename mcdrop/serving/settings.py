@@ -173,6 +173,14 @@ class Settings(BaseSettings):
         description="Time a prediction refused for MCDROP_MAX_IN_FLIGHT waits before its 503 is sent (0: at once), "
         "so that clients retrying at once, ignoring Retry-After, retry at most this often.",
     )
+    busy_max_rate: float = Field(
+        default=500.0,
+        ge=0.0,
+        le=1_000_000.0,
+        description="Such refusals sent per second at most: while more clients wait for one than this rate times "
+        "MCDROP_BUSY_DELAY_S, each is held longer (waiting clients / this rate), so that a storm of them costs "
+        "the same CPU however large it grows (0: no ceiling).",
+    )
     batching: bool = Field(default=True, description="Merge concurrent requests into shared engine calls.")
     torch_threads: int = Field(
         default=0,

@@ -15,6 +15,7 @@ import asyncio
 import os
 import statistics
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,15 @@ def test_a_storm_of_retries_keeps_goodput_and_latency(server: ServerProcess) -> 
 @pytest.mark.skipif(not os.environ.get("RELIABILITY_SLOW"), reason="set RELIABILITY_SLOW=1: about a minute of load")
 def test_a_larger_storm_keeps_goodput_and_latency(server: ServerProcess) -> None:
     _check(*_rounds(server, storm=600, rounds=3, seconds=4.0), min_goodput=0.8, max_p99=2.0)
+
+
+def test_refusals_go_out_no_faster_than_the_rate_ceiling_however_many_clients_wait(tmp_path: Path) -> None:
+    # 120 clients retrying at once past a 1 s hold would be refused about 120 times a second; at a ceiling of 40
+    # a second each waits about 3 s instead. The admitted clients keep being answered meanwhile.
+    start: StartServer = server_starter(tiny_models(tmp_path), tmp_path)
+    with start(max_in_flight=4, busy_delay_s=1.0, busy_max_rate=40) as server:
+        result = asyncio.run(closed_loop(port_of(server), 120, seconds=3.0, warmup_s=1.5))
+    refusals_per_s = result.statuses[503] / result.seconds
+    print(f"{refusals_per_s:.0f} refusals/s, {result.goodput:.0f} answered/s, {dict(result.statuses)}")
+    assert set(result.statuses) <= {200, 503}, dict(result.statuses)
+    assert 10 <= refusals_per_s <= 60 and result.goodput > 0, dict(result.statuses)

@@ -59,10 +59,11 @@ class RecordingTransport(asyncio.Transport):
 class Harness:
     """One connection of the protocol to an app that answers 200 ``{"ok": true}`` and counts its calls."""
 
-    def __init__(self, limit: int = 1, delay_s: float = 0.0) -> None:
+    def __init__(self, limit: int = 1, delay_s: float = 0.0, gate: BusyGate | None = None) -> None:
         self.app_calls = 0
         self.registry = CollectorRegistry()
-        self.gate = BusyGate(InFlight(limit), Metrics(self.registry, process_collectors=False), delay_s)
+        metrics = Metrics(self.registry, process_collectors=False)
+        self.gate = gate if gate is not None else BusyGate(InFlight(limit), metrics, delay_s)
         config = uvicorn.Config(
             self.app, http=protocol_class(ConnectionLimits(), self.gate), log_config=None, interface="asgi3"
         )
@@ -202,3 +203,50 @@ def test_a_held_refusal_is_sent_at_shutdown_instead_of_never() -> None:
         assert (status, headers["connection"], harness.transport.closed) == (503, "close", True)
 
     asyncio.run(main())
+
+
+def test_the_hold_grows_with_the_refusals_waiting_past_the_rate_ceiling() -> None:
+    gate = BusyGate(InFlight(1), Metrics(CollectorRegistry(), process_collectors=False), delay_s=0.1, max_rate=100)
+    assert all(0.05 <= gate.delay() <= 0.15 for _ in range(200))  # 10 waiting or fewer: the plain delay
+    gate.held = 50  # 50 waiting at 100 a second: half a second each, on average
+    delays = [gate.delay() for _ in range(200)]
+    assert all(0.25 <= d <= 0.75 for d in delays) and 0.45 < sum(delays) / len(delays) < 0.55
+    gate.max_rate = 0  # no ceiling
+    assert all(0.05 <= gate.delay() <= 0.15 for _ in range(200))
+
+
+def _storm_refusals(max_rate: float, clients: int = 80, seconds: float = 1.0) -> tuple[int, int]:
+    """Refusals sent in ``seconds`` to ``clients`` connections that each send again as soon as one comes, and
+    how many refusals the gate still holds at the end."""
+
+    async def main() -> tuple[int, int]:
+        gate = BusyGate(
+            InFlight(1), Metrics(CollectorRegistry(), process_collectors=False), delay_s=0.02, max_rate=max_rate
+        )
+        gate.in_flight.count = 1
+        harnesses = [Harness(gate=gate) for _ in range(clients)]
+        seen = [0] * clients
+        for harness in harnesses:
+            harness.protocol.data_received(PREDICT + BODY)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:
+            await _settle(0.005)
+            for i, harness in enumerate(harnesses):
+                if (answered := len(harness.answers())) > seen[i]:
+                    seen[i] = answered
+                    harness.protocol.data_received(PREDICT + BODY)  # at once, Retry-After ignored
+        assert {a[0] for h in harnesses for a in h.answers()} == {503} and not any(h.app_calls for h in harnesses)
+        return sum(seen), gate.held
+
+    return asyncio.run(main())
+
+
+def test_a_storm_of_impatient_clients_is_refused_at_no_more_than_the_rate_ceiling() -> None:
+    # 80 clients retrying at once against a 20 ms hold would be refused 4,000 times a second; at a ceiling of
+    # 100 a second each waits about 0.8 s instead, and every client still gets its answers.
+    capped, held = _storm_refusals(max_rate=100)
+    assert 50 <= capped <= 150, capped  # about 100 in the second, the first ones sooner
+    assert held > 50  # the rest wait, holding a connection each and no CPU
+    uncapped, _ = _storm_refusals(max_rate=0)
+    assert uncapped > 3 * capped, (uncapped, capped)
