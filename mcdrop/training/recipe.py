@@ -4,7 +4,7 @@ Trains, with the tuned and seeded settings below (see ``docs/training.md`` for h
 
 * ``rt-mlp``: five :class:`~mcdrop.core.mlp.DropoutMLP` members on unigrams + bigrams with the valence-lexicon
   prior and training-only token dropout,
-* ``rt-gru``: three :class:`~mcdrop.core.gru.DropoutGRU` members with dropout before the recurrence (locked input
+* ``rt-gru``: five :class:`~mcdrop.core.gru.DropoutGRU` members with dropout before the recurrence (locked input
   dropout), hashed subwords added to each word's embedding and training-only token dropout, trained on targets
   distilled from the new ``rt-mlp``,
 * ``rt-gru-after``: the same GRU with dropout only after the recurrence, written to ``--work-dir`` (not
@@ -87,7 +87,7 @@ GRU = TrainOptions(
     epochs=20,
     patience=3,
     n_samples=30,
-    ensemble_size=3,
+    ensemble_size=5,
     subword_buckets=1 << 14,
     token_dropout=0.5,  # with subwords: a dropped training word becomes <unk> and keeps its pieces
     distill_weight=0.7,  # the teacher, distill_from, is the rt-mlp trained first
