@@ -15,7 +15,9 @@ makes the kernel reset it, often before the client has read the answer (a 413 be
   is one write when the gate's timer releases it, with no ASGI task;
 * uvicorn's ``limit_concurrency`` becomes a connection limit: a request on a connection opened while that many
   were open, or made while that many requests are in progress, is answered 503 with ``Retry-After`` and closed,
-  written here without starting the app; established connections keep being served;
+  written here without starting the app, after the gate's delay and under its rate ceiling (a client that
+  reconnects at once is then held too, instead of reconnecting thousands of times a second); established
+  connections keep being served;
 * the error answers written here (400, 408, 431, 503) are JSON ``{"detail": ...}`` with an ``X-Request-ID``;
 * a connection closed while the request body is still coming (after an early 413, a 431 or a 400) is first
   half-closed and drained: up to ``drain_bytes`` are read and discarded, for up to ``drain_timeout_s``, so that
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -110,7 +113,8 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._drained = 0  # body bytes discarded after the answer, for the current request
         self._headers_seen = 0
         self._cycle_transport: _CycleTransport | None = None
-        self._held: tuple[BusyGate, RequestResponseCycle, bool, float] | None = None  # a 503 waiting for its delay
+        # a 503 waiting for its delay: the function that sends it, and its arguments (the cycle first)
+        self._held: tuple[Callable[..., None], tuple[Any, ...]] | None = None
         # uvicorn answers every request 503 once limit_concurrency connections are open, and logs each one; here
         # only connections beyond the limit are refused (see _start_asgi_task), and the log is a periodic count.
         self.max_connections, self.limit_concurrency = self.limit_concurrency, None
@@ -275,25 +279,43 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         limit = self.max_connections
+        gate = self.busy_gate
         if limit is not None and (self._over_limit or len(self.tasks) >= limit):
             OverLimitLog.refused(self.logger, limit)
-            self._reject(503, f"server busy: more than {limit} connections or requests at once; retry later")
+            detail = f"server busy: more than {limit} connections or requests at once; retry later"
+            if gate is None or not gate.delay_s:
+                self._reject(503, detail)
+                return
+            # Held like a busy refusal, and under its rate ceiling: answered at once, clients that reconnect at
+            # once would turn a storm past the connection limit into a storm of connections.
+            self._hold(gate, self._send_over_limit, cycle, detail)
             return
-        gate = self.busy_gate
         if gate is not None and gate.full() and is_prediction(cycle.scope["method"], cycle.scope["path"]):
-            cycle.response_started = True  # answered here: a stalled body now just closes the connection
-            v2 = cycle.scope["path"] != PREDICT_PATH
-            self._held = (gate, cycle, v2, time.perf_counter())
-            gate.hold(self.loop, self._send_busy, *self._held)
+            self._hold(gate, self._send_busy, cycle, gate, cycle.scope["path"] != PREDICT_PATH, time.perf_counter())
             return
         super()._start_asgi_task(cycle, app)
 
-    def _send_busy(self, gate: BusyGate, cycle: RequestResponseCycle, v2: bool, since: float) -> None:
+    def _hold(self, gate: BusyGate, send: Callable[..., None], cycle: RequestResponseCycle, *args: Any) -> None:
+        cycle.response_started = True  # answered here: a stalled body now just closes the connection
+        self._held = (send, (cycle, *args))
+        gate.hold(self.loop, send, cycle, *args)
+
+    def _release_held(self, cycle: RequestResponseCycle) -> bool:
+        """Forget ``cycle``'s held refusal; whether it is still to be sent."""
+        if self._held is not None and self._held[1][0] is cycle:
+            self._held = None
+        return not (self.transport.is_closing() or cycle.response_complete)  # gone meanwhile, or sent at shutdown
+
+    def _send_over_limit(self, cycle: RequestResponseCycle, detail: str) -> None:
+        """The 503 for a connection beyond ``MCDROP_MAX_CONNECTIONS``; the connection is closed after it."""
+        if self._release_held(cycle):
+            cycle.response_complete = True
+            self._reject(503, detail)
+
+    def _send_busy(self, cycle: RequestResponseCycle, gate: BusyGate, v2: bool, since: float) -> None:
         """The gate's 503 for ``cycle``, in place of the app. The connection stays open when the request is
         complete and may be kept alive; with its body still coming it is closed after a drain."""
-        if self._held is not None and self._held[1] is cycle:
-            self._held = None
-        if self.transport.is_closing() or cycle.response_complete:  # gone meanwhile, or sent at shutdown
+        if not self._release_held(cycle):
             return
         body_pending = cycle is self.cycle and self.phase == _BODY
         keep_alive = cycle.keep_alive and not body_pending
@@ -311,7 +333,8 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         """The server stops: a refusal still held is sent now, with ``Connection: close``, instead of never."""
         super().shutdown()
         if self._held is not None:
-            self._send_busy(*self._held)
+            send, args = self._held
+            send(*args)
 
     def handle_websocket_upgrade(self) -> None:
         self._deadline = None  # the connection now belongs to the WebSocket protocol and its own timers

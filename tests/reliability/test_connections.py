@@ -325,9 +325,12 @@ def test_connections_beyond_the_limit_get_a_json_503(start: StartServer) -> None
             time.sleep(0.2)
             with connect(limited) as extra:
                 extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                raw, _ = read_until_closed(extra)
+                raw, waited = read_until_closed(extra)
             headers = assert_json_error(raw, 503)
             assert headers["retry-after"] == "1"
+            # held like a busy refusal (MCDROP_BUSY_DELAY_S, 1 s jittered 0.5-1.5x), so that a client that
+            # reconnects at once cannot turn a storm past the limit into thousands of connections a second
+            assert waited >= 0.45, waited
             held[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert parse_response(read_until_closed(held[0])[0])[0] == 200  # established ones are served
         finally:

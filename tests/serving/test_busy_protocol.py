@@ -59,13 +59,19 @@ class RecordingTransport(asyncio.Transport):
 class Harness:
     """One connection of the protocol to an app that answers 200 ``{"ok": true}`` and counts its calls."""
 
-    def __init__(self, limit: int = 1, delay_s: float = 0.0, gate: BusyGate | None = None) -> None:
+    def __init__(
+        self, limit: int = 1, delay_s: float = 0.0, gate: BusyGate | None = None, max_connections: int | None = None
+    ) -> None:
         self.app_calls = 0
         self.registry = CollectorRegistry()
         metrics = Metrics(self.registry, process_collectors=False)
         self.gate = gate if gate is not None else BusyGate(InFlight(limit), metrics, delay_s)
         config = uvicorn.Config(
-            self.app, http=protocol_class(ConnectionLimits(), self.gate), log_config=None, interface="asgi3"
+            self.app,
+            http=protocol_class(ConnectionLimits(), self.gate),
+            log_config=None,
+            interface="asgi3",
+            limit_concurrency=max_connections,
         )
         config.load()
         self.state = ServerState()
@@ -250,3 +256,17 @@ def test_a_storm_of_impatient_clients_is_refused_at_no_more_than_the_rate_ceilin
     assert held > 50  # the rest wait, holding a connection each and no CPU
     uncapped, _ = _storm_refusals(max_rate=0)
     assert uncapped > 3 * capped, (uncapped, capped)
+
+
+def test_a_request_beyond_the_connection_limit_is_held_like_a_busy_refusal_then_closed() -> None:
+    async def main() -> None:
+        harness = Harness(delay_s=30.0, max_connections=0)  # every connection is beyond the limit
+        harness.protocol.data_received(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        await _settle()
+        assert harness.answers() == [] and harness.gate.held == 1  # held, not answered at once
+        harness.protocol.shutdown()  # sent now instead of never
+        [(status, headers, body)] = harness.answers()
+        assert (status, headers["connection"], harness.transport.eof) == (503, "close", True)  # half-closed
+        assert "more than 0 connections" in json.loads(body)["detail"] and harness.app_calls == 0
+
+    asyncio.run(main())
