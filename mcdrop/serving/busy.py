@@ -9,7 +9,9 @@ are answered::
 request arrived, so that a client retrying at once, ignoring ``Retry-After``, retries at most that often. While
 more refusals are held than ``max_rate`` x ``delay_s``, the hold grows to ``held / max_rate``: the refusals go out
 at no more than ``max_rate`` a second however many clients wait for one, so the share of the machine a storm can
-take has a ceiling that does not grow with the storm (each waiting client costs a connection, not CPU).
+take has a ceiling that does not grow with the storm (each waiting client costs a connection, not CPU). No
+refusal is held longer than ``MAX_HOLD_S`` (jittered alike), whatever the storm: past ``max_rate`` x that many
+waiting clients the ceiling gives way, so that no client waits for its answer longer than a request may take.
 
 A storm of such clients is paid for on the event loop, under the GIL the inference threads need, so the price of
 one refusal decides how much of the machine the storm takes. ``BusyGate`` keeps it to what cannot be avoided: under
@@ -37,6 +39,7 @@ PREDICT_PATH = "/v1/predict"
 V2_INFER_TEMPLATE = "/v2/models/{name}/infer"
 _jitter = random.Random()
 TICK_S = 0.005  # held refusals are released together, on ticks this far apart
+MAX_HOLD_S = 30.0  # the longest hold the rate ceiling asks for: the default request deadline
 logger = logging.getLogger(__name__)
 
 
@@ -79,7 +82,7 @@ class BusyGate:
         refusal comes, refusals go out at ``held / mean delay``: at most ``max_rate`` a second."""
         base = self.delay_s
         if self.max_rate and self.held > base * self.max_rate:
-            base = self.held / self.max_rate
+            base = max(base, min(self.held / self.max_rate, MAX_HOLD_S))
         return base * (0.5 + _jitter.random()) if base else 0.0
 
     def hold(self, loop: asyncio.AbstractEventLoop, send: Callable[..., None], *args: Any) -> None:

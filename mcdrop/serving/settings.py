@@ -178,8 +178,8 @@ class Settings(BaseSettings):
         ge=0.0,
         le=1_000_000.0,
         description="Such refusals sent per second at most: while more clients wait for one than this rate times "
-        "MCDROP_BUSY_DELAY_S, each is held longer (waiting clients / this rate), so that a storm of them costs "
-        "the same CPU however large it grows (0: no ceiling).",
+        "MCDROP_BUSY_DELAY_S, each is held longer (waiting clients / this rate, at most 30 s), so that a storm of "
+        "them costs the same CPU however large it grows (0: no ceiling).",
     )
     batching: bool = Field(default=True, description="Merge concurrent requests into shared engine calls.")
     torch_threads: int = Field(

@@ -16,7 +16,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry, generate_latest
 from uvicorn.server import ServerState
 
-from mcdrop.serving.busy import BusyGate, InFlight
+from mcdrop.serving.busy import MAX_HOLD_S, BusyGate, InFlight
 from mcdrop.serving.protocol import ConnectionLimits, HardenedHttpToolsProtocol, protocol_class
 from mcdrop.serving.telemetry import Metrics
 
@@ -217,6 +217,8 @@ def test_the_hold_grows_with_the_refusals_waiting_past_the_rate_ceiling() -> Non
     gate.held = 50  # 50 waiting at 100 a second: half a second each, on average
     delays = [gate.delay() for _ in range(200)]
     assert all(0.25 <= d <= 0.75 for d in delays) and 0.45 < sum(delays) / len(delays) < 0.55
+    gate.held = 1_000_000  # however many wait, none is held past MAX_HOLD_S (jittered)
+    assert all(0.5 * MAX_HOLD_S <= gate.delay() <= 1.5 * MAX_HOLD_S for _ in range(200))
     gate.max_rate = 0  # no ceiling
     assert all(0.05 <= gate.delay() <= 0.15 for _ in range(200))
 
