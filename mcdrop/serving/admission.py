@@ -10,7 +10,6 @@ the same loop turn, and every request under another server or an in-process clie
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -52,13 +51,7 @@ class AdmissionMiddleware:
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         start = time.perf_counter()
-        gate = self.gate
-        if delay := gate.delay():
-            gate.held += 1
-            try:
-                await asyncio.sleep(delay)
-            finally:
-                gate.held -= 1
+        await self.gate.wait()
         v2 = scope["path"] != PREDICT_PATH
         key = "error" if v2 else "detail"
         headers = [*self._headers[key], (b"x-request-id", new_request_id().encode())]

@@ -104,6 +104,15 @@ class BusyGate:
         due.append((send, args))
         self.held += 1
 
+    async def wait(self) -> None:
+        """Wait ``delay()`` for a refusal in a coroutine (the middleware's), counted among those held."""
+        if delay := self.delay():
+            self.held += 1
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self.held -= 1
+
     def _release(self, key: tuple[int, int]) -> None:
         due = self._held.pop(key, ())
         self.held -= len(due)

@@ -272,3 +272,15 @@ def test_a_request_beyond_the_connection_limit_is_held_like_a_busy_refusal_then_
         assert "more than 0 connections" in json.loads(body)["detail"] and harness.app_calls == 0
 
     asyncio.run(main())
+
+
+def test_a_refusal_waiting_in_the_middleware_counts_among_those_held() -> None:
+    async def main() -> None:
+        gate = BusyGate(InFlight(1), Metrics(CollectorRegistry(), process_collectors=False), delay_s=0.1)
+        waiting = asyncio.create_task(gate.wait())
+        await _settle(0.02)
+        assert gate.held == 1  # so the rate ceiling sees it too
+        await waiting
+        assert gate.held == 0
+
+    asyncio.run(main())
